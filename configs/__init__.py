@@ -1,0 +1,1 @@
+"""Shipped default YAMLs (installed as the vlft.configs package)."""

@@ -1,0 +1,82 @@
+"""The ``run:`` section's keys: their library defaults, types and meaning.
+
+This table is the single place where run defaults live (library defaults are the
+lowest config layer). A task adds its own keys through ``BaseTask.RUN_OPTIONS``
+(LAVIS keeps e.g. ``num_beams`` and ``max_len`` under ``run``).
+Units: a *step* is one optimizer step (``accum_grad_iters`` micro-batches); the
+schedulers, ``warmup_steps``, ``max_iters`` and checkpoint intervals count steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    types: Optional[Tuple[type, ...]]  # None: any value
+    doc: str
+
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+_OPT_NUM = (int, float, type(None))
+
+RUN_FIELDS: Dict[str, Field] = {
+    # what to run
+    "task": Field(None, (str,), "registered task name"),
+    "runner": Field("runner_base", (str,), "runner_base (epochs) | runner_iter (iterations) | runner_deepspeed"),
+    "evaluate": Field(False, (bool,), "only evaluate (no training)"),
+    "train_splits": Field(["train"], (list,), "splits trained on"),
+    "valid_splits": Field([], (list,), "splits validated after each (inner) epoch; best checkpoint by agg_metrics"),
+    "test_splits": Field([], (list,), "splits evaluated with the best checkpoint after training"),
+    # optimisation
+    "lr_sched": Field("linear_warmup_cosine_lr", (str,), "registered lr scheduler"),
+    "init_lr": Field(1e-4, _NUM, "peak learning rate"),
+    "min_lr": Field(0.0, _NUM, "final learning rate (cosine) / floor (step)"),
+    "warmup_lr": Field(0.0, _NUM, "learning rate at step 0 of warm-up"),
+    "warmup_steps": Field(0, (int,), "linear warm-up length in optimizer steps (may span epochs)"),
+    "lr_decay_rate": Field(0.9, _NUM, "per-epoch decay of linear_warmup_step_lr"),
+    "weight_decay": Field(0.05, _NUM, "AdamW weight decay (never applied to biases, norms, 1-d params)"),
+    "beta2": Field(0.999, _NUM, "AdamW beta2"),
+    "lr_multipliers": Field({}, (dict,), "{module-name pattern: lr factor}, e.g. {visual_encoder: 0.1}"),
+    "max_grad_norm": Field(None, _OPT_NUM, "clip the global gradient norm to this value"),
+    "accum_grad_iters": Field(1, (int,), "micro-batches per optimizer step"),
+    "amp": Field(False, (bool, str), "false | bf16 | fp16 (true means fp16, as in LAVIS)"),
+    "max_nonfinite_steps": Field(5, (int,), "abort after this many consecutive non-finite losses"),
+    # schedule
+    "max_epoch": Field(1, (int,), "epochs (runner_base)"),
+    "max_iters": Field(None, _OPT_INT, "optimizer steps (runner_iter)"),
+    "iters_per_inner_epoch": Field(None, _OPT_INT, "steps between validations (runner_iter)"),
+    "early_stop_patience": Field(None, _OPT_INT, "stop after this many validations without improvement"),
+    # data
+    "batch_size_train": Field(8, (int,), "per-process training batch"),
+    "batch_size_eval": Field(8, (int,), "per-process evaluation batch"),
+    "num_workers": Field(0, (int,), "DataLoader workers per process"),
+    "seed": Field(42, (int,), "random seed (each rank adds its rank)"),
+    # hardware and distribution
+    "device": Field("auto", (str,), "auto | cpu | cuda"),
+    "distributed": Field(True, (bool,), "use torch.distributed when launched with several processes"),
+    "dist_backend": Field("auto", (str,), "auto (nccl on GPU, gloo on CPU) | nccl | gloo"),
+    "dist_url": Field("env://", (str,), "kept for LAVIS configs; torchrun's environment is used"),
+    "world_size": Field(1, (int,), "kept for LAVIS configs; the launcher decides"),
+    "gpu": Field(None, _OPT_INT, "kept for LAVIS configs"),
+    "find_unused_parameters": Field(False, (bool,), "DDP option for models with unused branches"),
+    "deepspeed_config": Field(None, (dict, type(None)), "inline DeepSpeed config (zero_optimization, bf16, ...)"),
+    # output, checkpoints, logging
+    "cache_root": Field(None, _OPT_STR, "root for relative data paths; default $VLFT_CACHE_ROOT or ~/.cache/vlft"),
+    "output_dir": Field("output/${run.task}", (str,), "where logs, configs and checkpoints go"),
+    "resume_ckpt_path": Field(None, _OPT_STR, "checkpoint to resume from, or 'auto' for the latest in output_dir"),
+    "checkpoint_every_iters": Field(0, (int,), "also write the resumable checkpoint every N steps (0: per inner epoch only)"),
+    "save_full": Field(False, (bool,), "save every parameter, not only the trainable ones"),
+    "log_freq": Field(50, (int,), "console / JSON-lines logging interval in steps"),
+    "log_backends": Field([], (list,), "extra metric sinks: tensorboard, wandb"),
+    "wandb_project": Field(None, _OPT_STR, "W&B project (credentials come from the environment only)"),
+    "plot_curves": Field(True, (bool,), "save loss / lr / metric curves as PNG at the end"),
+}
+
+
+def run_defaults() -> Dict[str, Any]:
+    return {k: f.default for k, f in RUN_FIELDS.items()}

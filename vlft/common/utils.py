@@ -1,0 +1,86 @@
+"""Small helpers shared across the package: paths, seeding, nested dict access."""
+from __future__ import annotations
+
+import os
+import random
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+
+def config_root() -> Path:
+    """The directory holding the shipped ``configs/`` (installed as ``vlft.configs``)."""
+    return Path(str(resources.files("vlft.configs")))
+
+
+def resolve_config_file(path: str) -> Path:
+    """Resolve a default-YAML path as written in ``PRETRAINED_MODEL_CONFIG_DICT`` /
+    ``DATASET_CONFIG_DICT``: absolute paths are kept, ``configs/...`` paths point into
+    the shipped configs, anything else is taken relative to the working directory."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    parts = p.parts
+    if parts and parts[0] == "configs":
+        return config_root().joinpath(*parts[1:])
+    return Path.cwd() / p
+
+
+def cache_root(run_cfg: Optional[Mapping[str, Any]] = None) -> Path:
+    """Root for relative data and model paths: ``run.cache_root``, else
+    ``$VLFT_CACHE_ROOT``, else ``~/.cache/vlft``. Never a hard-coded site path."""
+    configured = run_cfg.get("cache_root") if run_cfg else None
+    root = configured or os.environ.get("VLFT_CACHE_ROOT") or Path.home() / ".cache" / "vlft"
+    return Path(root).expanduser()
+
+
+def resolve_data_path(path: str, run_cfg: Optional[Mapping[str, Any]] = None) -> Path:
+    """A data path from ``build_info``: absolute or relative to the working directory
+    when it exists there, else relative to the cache root (LAVIS's convention)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return cache_root(run_cfg) / p
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every RNG this process uses, in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024:
+            return f"{n:.0f}{unit}"
+        n /= 1024
+    return f"{n:.0f}PB"

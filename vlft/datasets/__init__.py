@@ -1,0 +1,3 @@
+from vlft.datasets.builders import SyntheticShapesBuilder
+
+__all__ = ["SyntheticShapesBuilder"]

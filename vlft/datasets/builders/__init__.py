@@ -1,0 +1,4 @@
+from vlft.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+from vlft.datasets.builders.synthetic_shapes import SyntheticShapesBuilder
+
+__all__ = ["BaseDatasetBuilder", "SyntheticShapesBuilder"]

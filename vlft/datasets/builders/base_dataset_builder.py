@@ -1,0 +1,68 @@
+"""Declarative dataset builders, as in LAVIS.
+
+A builder names its dataset classes (``train_dataset_cls``, ``eval_dataset_cls``) and
+its default YAML (``DATASET_CONFIG_DICT``); ``build_datasets`` makes one dataset per
+split listed in ``build_info.annotations`` with the split's processors.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Mapping, Optional
+
+from omegaconf import OmegaConf
+
+from vlft.common.registry import registry
+from vlft.common.utils import resolve_config_file
+
+logger = logging.getLogger(__name__)
+
+
+class BaseDatasetBuilder:
+    train_dataset_cls: Optional[type] = None
+    eval_dataset_cls: Optional[type] = None
+    DATASET_CONFIG_DICT: Dict[str, str] = {}
+
+    def __init__(self, cfg: Optional[Mapping[str, Any]] = None, run_cfg: Optional[Mapping[str, Any]] = None):
+        if cfg is None:  # the builder's own defaults, as LAVIS's load_dataset() does
+            cfg = OmegaConf.load(self.default_config_path()).datasets
+            cfg = next(iter(cfg.values()))
+        self.config = cfg
+        self.run_cfg = run_cfg or {}
+        self.data_type = cfg.get("data_type", "images")
+        self.vis_processors = {"train": None, "eval": None}
+        self.text_processors = {"train": None, "eval": None}
+
+    @classmethod
+    def default_config_path(cls, type: str = "default"):
+        return resolve_config_file(cls.DATASET_CONFIG_DICT[type])
+
+    def build_processors(self) -> None:
+        for attr, key in (("vis_processors", "vis_processor"), ("text_processors", "text_processor")):
+            section = self.config.get(key) or {}
+            for split in ("train", "eval"):
+                proc_cfg = section.get(split)
+                if proc_cfg is not None:
+                    cls = registry.get_processor_class(proc_cfg.name)
+                    getattr(self, attr)[split] = cls.from_config(proc_cfg)
+
+    def build_datasets(self) -> Dict[str, Any]:
+        self.build_processors()
+        return self.build()
+
+    def build(self) -> Dict[str, Any]:
+        """One dataset per split named in ``build_info.annotations``."""
+        build_info = self.config.get("build_info") or {}
+        datasets = {}
+        for split, info in (build_info.get("annotations") or {}).items():
+            is_train = split == "train"
+            cls = self.train_dataset_cls if is_train else self.eval_dataset_cls
+            proc = "train" if is_train else "eval"
+            datasets[split] = cls(
+                vis_processor=self.vis_processors[proc],
+                text_processor=self.text_processors[proc],
+                split=split,
+                info=info,
+                build_info=build_info,
+                run_cfg=self.run_cfg,
+            )
+        return datasets

@@ -1,0 +1,53 @@
+"""What every registered model provides.
+
+Contract (see DESIGN.md): ``forward(samples) -> {"loss": ..., ...}``; generation is
+``generate(samples, **decoding) -> list[str]``; ``from_config`` only translates the
+``model:`` section into ``__init__`` keyword arguments (defaults live in __init__).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Mapping
+
+import torch
+from torch import nn
+
+from vlft.common.utils import resolve_config_file
+
+logger = logging.getLogger(__name__)
+
+
+class BaseModel(nn.Module):
+    #: model_type -> default YAML (``configs/...`` paths point into the shipped configs)
+    PRETRAINED_MODEL_CONFIG_DICT: Dict[str, str] = {}
+
+    @classmethod
+    def default_config_path(cls, model_type: str):
+        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            raise KeyError(
+                f"{cls.__name__} has no model_type '{model_type}'; available: {', '.join(cls.PRETRAINED_MODEL_CONFIG_DICT)}"
+            )
+        return resolve_config_file(cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "BaseModel":
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def lr_scale(self, param_name: str) -> float:
+        """Learning-rate factor for one parameter; override for layer-wise decay
+        (e.g. ViT block i of n gets ``decay ** (n - i)``)."""
+        return 1.0
+
+    def no_weight_decay(self) -> set:
+        """Names of extra parameters to exempt from weight decay (e.g. positional embeddings)."""
+        return set()
+
+    def load_checkpoint(self, path: str) -> None:
+        """Load a vlft checkpoint's (possibly trainable-only) weights on top of this model."""
+        from vlft.runners.checkpoint import load_model_weights
+
+        load_model_weights(self, path)

@@ -1,0 +1,120 @@
+"""Data loading that can stop anywhere and resume exactly.
+
+- ``ResumableSampler``: torch's ``DistributedSampler`` order (seeded by seed + pass,
+  padded to the world size, one shard per rank) that can start mid-pass.
+- ``SeededSamples``: each sample's random augmentation is drawn from an RNG seeded by
+  (seed, pass, index), so it does not depend on the number of workers, on which
+  worker loaded it, or on where a run was interrupted.
+- ``MicroBatchStream``: the training stream as global micro-batch numbers. A pass over
+  the data holds ``micro_per_pass`` micro-batches; micro-batch ``m`` is batch
+  ``m % micro_per_pass`` of pass ``m // micro_per_pass``.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any, Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data.dataloader import default_collate
+
+
+class ResumableSampler(DistributedSampler):
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` indices of this rank's shard in the current pass."""
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class ShardSampler(Sampler):
+    """Evaluation: rank r gets indices r, r+W, ...: no padding, so no duplicates to remove."""
+
+    def __init__(self, length: int, num_replicas: int, rank: int):
+        self.indices = list(range(rank, length, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SeededSamples(Dataset):
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        seed = hash((self.seed, self.epoch, int(index))) % 2**31
+        py_state, np_state = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def collate_fn_of(dataset: Dataset):
+    while isinstance(dataset, (SeededSamples, ConcatDataset)):
+        dataset = dataset.dataset if isinstance(dataset, SeededSamples) else dataset.datasets[0]
+    return getattr(dataset, "collater", None) or default_collate
+
+
+def concat(datasets: List[Dataset]) -> Dataset:
+    return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: int, world: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), world, rank),
+                      num_workers=num_workers, collate_fn=collate_fn_of(dataset), drop_last=False)
+
+
+class MicroBatchStream:
+    """Training micro-batches from global micro-batch number ``start`` onwards."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int, rank: int, world: int, seed: int,
+                 micro_per_pass: Optional[int] = None):
+        self.samples = SeededSamples(dataset, seed)
+        self.sampler = ResumableSampler(self.samples, world, rank, shuffle=True, seed=seed)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batches_per_pass = self.sampler.num_samples // batch_size  # drop_last: equal batches everywhere
+        if self.batches_per_pass == 0:
+            raise ValueError(
+                f"the training set has {len(dataset)} samples, fewer than one batch of {batch_size} per process "
+                f"on {world} process(es); lower run.batch_size_train"
+            )
+        self.micro_per_pass = micro_per_pass or self.batches_per_pass
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.iterate(0)
+
+    def iterate(self, start: int) -> Iterator[Any]:
+        pass_idx, offset = divmod(start, self.micro_per_pass)
+        while True:
+            self.samples.epoch = pass_idx
+            self.sampler.set_epoch(pass_idx)
+            self.sampler.set_start(offset * self.batch_size)
+            # a fresh generator per pass keeps worker seeds independent of earlier history
+            loader = DataLoader(self.samples, batch_size=self.batch_size, sampler=self.sampler,
+                                num_workers=self.num_workers, collate_fn=collate_fn_of(self.samples),
+                                drop_last=True, generator=torch.Generator().manual_seed(pass_idx),
+                                pin_memory=torch.cuda.is_available())
+            yield from itertools.islice(loader, self.micro_per_pass - offset)
+            pass_idx, offset = pass_idx + 1, 0

@@ -1,0 +1,332 @@
+"""The runner: one training core for epoch- and iteration-based schedules.
+
+The loop counts optimizer steps. A schedule (``schedule()``, the only thing the
+iteration runner changes) says how many steps there are, how many make an *inner
+epoch* (between validations and checkpoints) and how many micro-batches make one
+pass over the data. Side effects live in small methods around the loop: validation,
+best-checkpoint choice, early stopping, checkpoints, logging.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from omegaconf import OmegaConf
+
+from vlft.common import dist
+from vlft.common.logger import MetricSinks, ProgressLogger, plot_curves
+from vlft.common.registry import registry
+from vlft.common.utils import rng_state, set_rng_state
+from vlft.runners import checkpoint as ckpt_io
+from vlft.runners.data import MicroBatchStream, concat, eval_loader
+from vlft.runners.optim import build_optimizer
+from vlft.runners.strategies import build_strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every resumable checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    best_agg: Optional[float] = None
+    best_step: Optional[int] = None
+    bad_evals: int = 0  # validations since the last improvement (early stopping)
+    nonfinite_in_a_row: int = 0
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def move_to_device(samples: Any, device: torch.device) -> Any:
+    if torch.is_tensor(samples):
+        return samples.to(device, non_blocking=True)
+    if isinstance(samples, Mapping):
+        return {k: move_to_device(v, device) for k, v in samples.items()}
+    if isinstance(samples, (list, tuple)) and samples and torch.is_tensor(samples[0]):
+        return type(samples)(move_to_device(v, device) for v in samples)
+    return samples
+
+
+@registry.register_runner("runner_base")
+class RunnerBase:
+    """Epoch-based training: an inner epoch is one pass over the training data."""
+
+    def __init__(self, cfg, task, model, datasets: Dict[str, Dict[str, Any]], job_id: Optional[str] = None,
+                 run_dir: Optional[Path] = None):
+        self.config, self.run_cfg = cfg, cfg.run_cfg
+        self.task, self.datasets, self.model = task, datasets, model
+        self.device = dist.pick_device(self.run_cfg.device)
+        self.run_dir = Path(run_dir or Path(self.run_cfg.output_dir) / (job_id or time.strftime("%Y%m%d%H%M%S")))
+        self.progress = Progress()
+        self.strategy = None
+        self.sinks: Optional[MetricSinks] = None
+
+    # ------------------------------------------------------------------ schedule
+    def schedule(self, batches_per_pass: int) -> Tuple[int, int, int]:
+        """(total steps, steps per inner epoch, micro-batches per data pass)."""
+        accum = self.run_cfg.accum_grad_iters
+        steps_per_epoch = batches_per_pass // accum
+        if steps_per_epoch == 0:
+            raise ValueError(f"one epoch holds {batches_per_pass} batches per process, fewer than accum_grad_iters={accum}")
+        if batches_per_pass % accum:
+            logger.warning("%d trailing batch(es) per epoch do not fill an accumulation window and are skipped",
+                           batches_per_pass % accum)
+        return self.run_cfg.max_epoch * steps_per_epoch, steps_per_epoch, steps_per_epoch * accum
+
+    # ------------------------------------------------------------------ entry points
+    def train(self) -> Dict[str, Any]:
+        """Train, validate after each inner epoch, then test with the best weights."""
+        self._setup_training()
+        steps_per_inner = self.steps_per_inner
+        n_inner = math.ceil(self.total_steps / steps_per_inner)
+        logger.info("training %d steps (%d per inner epoch) with %s on %d process(es); run folder %s",
+                    self.total_steps, steps_per_inner, self.strategy.name, dist.get_world_size(), self.run_dir)
+        for inner in range(self.progress.step // steps_per_inner, n_inner):
+            self.train_inner_epoch(inner, end=min((inner + 1) * steps_per_inner, self.total_steps))
+            if self.after_inner_epoch(inner):
+                break
+        results = self._finish()
+        return results
+
+    def evaluate(self, splits: Optional[List[str]] = None, ckpt_path: Optional[str] = None) -> Dict[str, Any]:
+        """Evaluate ``splits`` (default: test_splits, else valid_splits) with the configured
+        weights or ``ckpt_path`` (or run.resume_ckpt_path)."""
+        self._open_run_dir()
+        self.model.to(self.device)
+        ckpt_path = ckpt_path or self.run_cfg.get("resume_ckpt_path")
+        if ckpt_path:
+            ckpt_io.load_model_weights(self.model, ckpt_path)
+            logger.info("evaluating weights from %s", ckpt_path)
+        splits = splits or list(self.run_cfg.test_splits) or list(self.run_cfg.valid_splits)
+        if not splits:
+            raise ValueError("nothing to evaluate: set run.test_splits or run.valid_splits")
+        metrics = self.run_evaluation(splits, tag="test")
+        self.sinks.close()
+        return metrics
+
+    # ------------------------------------------------------------------ set-up
+    def _open_run_dir(self) -> None:
+        if self.sinks is not None:
+            return
+        if dist.is_main_process():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.run_dir / "config.yaml")
+        dist.barrier()
+        self.sinks = MetricSinks(self.run_dir, self.run_cfg.log_backends, self.run_cfg.wandb_project,
+                                 config=self.config.to_dict())
+
+    def train_dataset(self):
+        parts = [splits[s] for splits in self.datasets.values() for s in self.run_cfg.train_splits if s in splits]
+        if not parts:
+            raise ValueError(f"no dataset has a split named in run.train_splits={list(self.run_cfg.train_splits)}")
+        return concat(parts)
+
+    def _setup_training(self) -> None:
+        self._open_run_dir()
+        run = self.run_cfg
+        self.stream = MicroBatchStream(self.train_dataset(), run.batch_size_train, run.num_workers,
+                                       dist.get_rank(), dist.get_world_size(), run.seed)
+        self.total_steps, self.steps_per_inner, self.stream.micro_per_pass = self.schedule(self.stream.batches_per_pass)
+        resume = self._resume_path()
+        resume_state = ckpt_io.read(resume) if resume else None
+        if resume_state is not None:  # weights first, so a DeepSpeed engine starts from them
+            ckpt_io.load_model_weights(self.model, resume_state["model"])
+        self.model.to(self.device)
+        optimizer = build_optimizer(self.model, run)
+        sched_cls = registry.get_lr_scheduler_class(run.lr_sched)
+        self.lr_sched = sched_cls.from_config(optimizer, run, self.total_steps, self.steps_per_inner)
+        self.strategy = build_strategy(run, self.device)
+        self.strategy.prepare(self.model, optimizer)
+        n_all = sum(p.numel() for p in self.model.parameters())
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        logger.info("model %s: %.2fM parameters, %.2fM trainable", type(self.model).__name__, n_all / 1e6, n_train / 1e6)
+        self.progress_log = ProgressLogger(self.total_steps, run.log_freq, self.sinks, self.device)
+        if resume_state is not None:
+            self._restore(resume_state, resume)
+
+    def _resume_path(self) -> Optional[Path]:
+        path = self.run_cfg.get("resume_ckpt_path")
+        if not path:
+            return None
+        if path == "auto":
+            found = ckpt_io.find_resume(self.run_dir) or ckpt_io.find_resume(self.run_cfg.output_dir)
+            if found is None:
+                logger.info("resume auto: no checkpoint under %s, starting fresh", self.run_cfg.output_dir)
+            return found
+        return Path(path)
+
+    def _restore(self, state: Dict[str, Any], path: Path) -> None:
+        self.strategy.load_state_dict(state["strategy"])
+        self.strategy.load_extra(path)
+        self.lr_sched.load_state_dict(state["lr_sched"])
+        self.progress = Progress(**state["progress"])
+        rngs = state["rng"]
+        if len(rngs) == dist.get_world_size():
+            set_rng_state(rngs[dist.get_rank()])
+        else:
+            logger.warning("checkpoint was written by %d process(es), this run has %d: RNG streams restart, "
+                           "so the continuation is not bit-identical", len(rngs), dist.get_world_size())
+        logger.info("resumed from %s at step %d", path, self.progress.step)
+
+    # ------------------------------------------------------------------ the loop
+    def train_inner_epoch(self, inner: int, end: int) -> None:
+        run, strategy, accum = self.run_cfg, self.strategy, self.run_cfg.accum_grad_iters
+        strategy.model.train()
+        batches = self.stream.iterate(self.progress.step * accum)
+        while self.progress.step < end:
+            step = self.progress.step
+            lr = self.lr_sched.step(step)
+            t0 = time.time()
+            data_time, losses = 0.0, {}
+            for micro in range(accum):
+                t_data = time.time()
+                samples = move_to_device(next(batches), self.device)
+                data_time += time.time() - t_data
+                strategy.sync_gradients(last_micro_step=micro == accum - 1)
+                with strategy.autocast():
+                    out = self.task.train_step(strategy.model, samples)
+                strategy.backward(out["loss"])
+                for k, v in out.items():
+                    if k.startswith("loss") and torch.is_tensor(v):
+                        losses[k] = losses.get(k, 0) + v.detach().float() / accum
+            stepped = strategy.step()
+            self.progress.step = step + 1
+            self._count_nonfinite(stepped, step)
+            self.progress_log.update(step, losses, lr, time.time() - t0, data_time)
+            every = run.checkpoint_every_iters
+            if every and self.progress.step % every == 0 and self.progress.step < end:
+                self.save_resumable()
+
+    def _count_nonfinite(self, stepped: bool, step: int) -> None:
+        if stepped:
+            self.progress.nonfinite_in_a_row = 0
+            return
+        self.progress.nonfinite_in_a_row += 1
+        limit = self.run_cfg.max_nonfinite_steps
+        logger.warning("non-finite loss at step %d: update skipped (%d in a row, limit %d)",
+                       step + 1, self.progress.nonfinite_in_a_row, limit)
+        if self.progress.nonfinite_in_a_row >= limit:
+            path = self.save_resumable()
+            raise NonFiniteLossError(
+                f"{limit} consecutive steps had a non-finite loss (last at step {step + 1}); training stopped. "
+                f"The weights are those before the first bad step, saved in {path}. Lower run.init_lr, set "
+                "run.max_grad_norm, or try amp: bf16 instead of fp16, then resume with --resume auto."
+            )
+
+    # ------------------------------------------------------------------ between inner epochs
+    def after_inner_epoch(self, inner: int) -> bool:
+        """Validate, keep the best weights, write the resumable checkpoint; True to stop early."""
+        if self.run_cfg.valid_splits:
+            metrics = self.run_evaluation(list(self.run_cfg.valid_splits), tag="val", epoch=inner)
+            aggs = [m["agg_metrics"] for m in metrics.values() if "agg_metrics" in m]
+            agg = sum(aggs) / len(aggs) if aggs else None
+            p = self.progress
+            if agg is not None and (p.best_agg is None or agg > p.best_agg):
+                p.best_agg, p.best_step, p.bad_evals = agg, p.step, 0
+                self.save_best()
+                logger.info("new best agg_metrics %.4f at step %d", agg, p.step)
+            elif agg is not None:
+                p.bad_evals += 1
+        self.save_resumable()
+        patience = self.run_cfg.early_stop_patience
+        if patience and self.progress.bad_evals >= patience:
+            logger.info("early stop: no improvement in %d validations (best %.4f at step %s)",
+                        patience, self.progress.best_agg, self.progress.best_step)
+            return True
+        return False
+
+    def run_evaluation(self, splits: List[str], tag: str, epoch: Any = None) -> Dict[str, Dict[str, float]]:
+        """Evaluate every dataset that has one of ``splits``; metrics keyed ``dataset/split``."""
+        module = self.strategy.module if self.strategy else self.model
+        module.eval()
+        run, out = self.run_cfg, {}
+        for ds_name, ds_splits in self.datasets.items():
+            for split in splits:
+                if split not in ds_splits:
+                    continue
+                loader = eval_loader(ds_splits[split], run.batch_size_eval, run.num_workers, dist.get_rank(), dist.get_world_size())
+                autocast = self.strategy.autocast() if self.strategy else torch.autocast(self.device.type, enabled=False)
+                with autocast:
+                    results = self.task.evaluation(module, _OnDevice(loader, self.device))
+                metrics = None
+                if dist.is_main_process():
+                    name = f"{ds_name}_{split}_{epoch if epoch is not None else 'final'}"
+                    metrics = self.task.after_evaluation(results, split_name=split, epoch=epoch, output_dir=self.run_dir)
+                    self.task.save_results(results, self.run_dir, name)
+                metrics = dist.broadcast_object(metrics)
+                out[f"{ds_name}/{split}"] = metrics
+                self.sinks.write(f"eval/{ds_name}/{split}", self.progress.step, metrics)
+                logger.info("%s %s/%s: %s", tag, ds_name, split,
+                            "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        if self.strategy:
+            self.strategy.model.train()
+        return out
+
+    def _finish(self) -> Dict[str, Any]:
+        results: Dict[str, Any] = {"progress": asdict(self.progress), "run_dir": str(self.run_dir)}
+        if self.run_cfg.test_splits:
+            best = self.run_dir / ckpt_io.BEST
+            if best.is_file():
+                logger.info("testing with the best checkpoint (step %s)", self.progress.best_step)
+                ckpt_io.load_model_weights(self.strategy.module, best)
+            results["test"] = self.run_evaluation(list(self.run_cfg.test_splits), tag="test")
+        if dist.is_main_process() and self.run_cfg.plot_curves:
+            png = plot_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
+            if png:
+                logger.info("curves saved to %s", png)
+        self.sinks.close()
+        return results
+
+    # ------------------------------------------------------------------ checkpoints
+    def _model_state(self, full: bool) -> Dict[str, torch.Tensor]:
+        state = self.strategy.model_state_dict()
+        if full:
+            return state
+        frozen = {n for n, p in self.strategy.module.named_parameters() if not p.requires_grad}
+        return {k: v for k, v in state.items() if k not in frozen}
+
+    def save_resumable(self) -> Path:
+        """Everything needed to continue exactly; every rank must call it (RNG states are gathered)."""
+        path = self.run_dir / ckpt_io.LATEST
+        rngs = dist.all_gather_object(rng_state())
+        model_state = self._model_state(self.run_cfg.save_full)
+        self.strategy.save_extra(path)
+        if dist.is_main_process():
+            ckpt_io.atomic_save({
+                "format": ckpt_io.FORMAT,
+                "model": model_state,
+                "strategy": self.strategy.state_dict(),
+                "lr_sched": self.lr_sched.state_dict(),
+                "progress": asdict(self.progress),
+                "rng": rngs,
+                "config": self.config.to_yaml(),
+            }, path)
+        dist.barrier()
+        return path
+
+    def save_best(self) -> None:
+        state = self._model_state(self.run_cfg.save_full)
+        if dist.is_main_process():
+            ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "model": state, "progress": asdict(self.progress),
+                                 "config": self.config.to_yaml()}, self.run_dir / ckpt_io.BEST)
+
+
+class _OnDevice:
+    """Wraps an evaluation loader to move each batch to the device."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __iter__(self):
+        return (move_to_device(b, self.device) for b in self.loader)
+
+    def __len__(self):
+        return len(self.loader)
