@@ -34,7 +34,7 @@ class ToyRegressionData(Dataset):
         w = torch.linspace(-1, 1, DIM, dtype=torch.float32)
         self.x = torch.randn(n, DIM, generator=g)
         self.y = self.x @ w + 0.05 * torch.randn(n, generator=g)
-        self.noise = float(build_info.get("augment_noise", 0.0))
+        self.noise = float(build_info.get("augment_noise", 0.0)) if split == "train" else 0.0
 
     def __len__(self):
         return len(self.y)
@@ -106,3 +106,8 @@ class ToyRegressionTask(BaseTask):
     def after_evaluation(self, results, split_name, epoch, output_dir=None):
         mse = sum(r["sq_err"] for r in results) / len(results)
         return {"mse": mse, "agg_metrics": -mse, "count": len(results)}
+
+
+@registry.register_builder("toy_regression_shifted")
+class ToyRegressionShiftedBuilder(ToyRegressionBuilder):
+    """The same problem drawn with another seed: a second dataset for multi-dataset runs."""

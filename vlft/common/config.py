@@ -188,7 +188,10 @@ def dataset_defaults(name: str, ds_user: Optional[DictConfig]) -> DictConfig:
     from vlft.common.utils import resolve_config_file
 
     default = _load_yaml(resolve_config_file(paths[ds_type]), f"default config of dataset {name}")
-    return (default.get("datasets") or {}).get(name, OmegaConf.create({}))
+    sections = default.get("datasets") or {}
+    if name not in sections and len(sections) == 1:  # a subclass reusing its parent's YAML
+        return next(iter(sections.values()))
+    return sections.get(name, OmegaConf.create({}))
 
 
 def validate(cfg: DictConfig, task_cls: type) -> None:

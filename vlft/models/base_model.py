@@ -46,8 +46,9 @@ class BaseModel(nn.Module):
         """Names of extra parameters to exempt from weight decay (e.g. positional embeddings)."""
         return set()
 
-    def load_checkpoint(self, path: str) -> None:
-        """Load a vlft checkpoint's (possibly trainable-only) weights on top of this model."""
+    def load_checkpoint(self, path: str):
+        """Load a checkpoint's (possibly trainable-only) weights on top of this model's
+        current ones; returns ``(missing, unexpected)`` keys."""
         from vlft.runners.checkpoint import load_model_weights
 
-        load_model_weights(self, path)
+        return load_model_weights(self, path)

@@ -52,8 +52,11 @@ class BaseDatasetBuilder:
     def build(self) -> Dict[str, Any]:
         """One dataset per split named in ``build_info.annotations``."""
         build_info = self.config.get("build_info") or {}
+        annotations = build_info.get("annotations") or {}
+        if not annotations:
+            raise ValueError(f"{type(self).__name__}: build_info.annotations names no split (e.g. train, val, test)")
         datasets = {}
-        for split, info in (build_info.get("annotations") or {}).items():
+        for split, info in annotations.items():
             is_train = split == "train"
             cls = self.train_dataset_cls if is_train else self.eval_dataset_cls
             proc = "train" if is_train else "eval"

@@ -1,0 +1,58 @@
+"""Helpers shared by the tests: paths, subprocess launchers, run-folder readers."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub look-ups would hang ~45 s before failing
+REPO = Path(__file__).resolve().parents[1]
+PLUGINS = REPO / "tests" / "plugins"
+TOY_RUN = PLUGINS / "toy_run.yaml"
+
+
+def subprocess_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
+    env.update(extra or {})
+    return env
+
+
+def run_script(args: List[str], nproc: int = 1, expect_ok: bool = True, timeout: int = 240, env=None) -> subprocess.CompletedProcess:
+    """Run ``train.py``/``evaluate.py`` (args[0]) as a new process, or under torchrun with ``nproc`` ranks."""
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    else:
+        cmd = [sys.executable, *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(env), capture_output=True, text=True, timeout=timeout)
+    if expect_ok and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_log(run_dir: Path) -> List[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    dirs = [p for p in Path(output_dir).iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def final_weights(run_dir: Path) -> Dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint_latest.pth", weights_only=True)["model"]
+
+
+
+
+def toy_plugin():
+    """The toy plugin module, imported the way a YAML's ``imports:`` does (once per process)."""
+    from vlft.common.plugins import import_user_modules
+
+    return import_user_modules([str(PLUGINS / "toy_plugin.py")])[0]
