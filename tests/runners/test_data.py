@@ -42,3 +42,31 @@ def test_augmentation_does_not_depend_on_worker_count():
     before = torch.get_rng_state()
     next(MicroBatchStream(Noisy(), 4, num_workers=0, rank=0, world=1, seed=5).iterate(0))
     assert torch.equal(before, torch.get_rng_state())  # the training RNG stream is untouched
+
+
+class HalfBroken(Noisy):
+    """Every ``every``-th sample is unreadable (the dataset returns None, as image loaders do)."""
+
+    def __init__(self, every):
+        self.every = every
+
+    def __getitem__(self, i):
+        return None if i % self.every == 0 else super().__getitem__(i)
+
+
+def test_unreadable_samples_are_dropped_and_counted():
+    stream = MicroBatchStream(HalfBroken(every=20), batch_size=4, num_workers=2, rank=0, world=1, seed=0, max_bad_fraction=0.2)
+    batches = [b for _, b in zip(range(10), stream.iterate(0))]
+    assert sum(len(b["i"]) for b in batches) == 38 and stream.skips.skipped == 2
+    assert all("n_skipped" not in b for b in batches)
+
+
+def test_too_many_unreadable_samples_stop_the_run():
+    import pytest
+
+    from vlft.runners.data import BadDataError
+
+    stream = MicroBatchStream(HalfBroken(every=2), batch_size=4, num_workers=0, rank=0, world=1, seed=0, max_bad_fraction=0.1)
+    with pytest.raises(BadDataError, match="could not be read"):
+        for _ in stream.iterate(0):
+            pass

@@ -55,6 +55,7 @@ RUN_FIELDS: Dict[str, Field] = {
     "batch_size_train": Field(8, (int,), "per-process training batch"),
     "batch_size_eval": Field(8, (int,), "per-process evaluation batch"),
     "num_workers": Field(0, (int,), "DataLoader workers per process"),
+    "max_bad_sample_fraction": Field(0.05, _NUM, "stop when more than this fraction of samples cannot be read"),
     "seed": Field(42, (int,), "random seed (each rank adds its rank)"),
     # hardware and distribution
     "device": Field("auto", (str,), "auto | cpu | cuda"),

@@ -5,6 +5,8 @@
 - ``SeededSamples``: each sample's random augmentation is drawn from an RNG seeded by
   (seed, pass, index), so it does not depend on the number of workers, on which
   worker loaded it, or on where a run was interrupted.
+- ``SkippingCollate`` / ``SkipCounter``: a sample whose image cannot be read comes back
+  as ``None``, is dropped from its batch and counted; too many stop the run.
 - ``MicroBatchStream``: the training stream as global micro-batch numbers. A pass over
   the data holds ``micro_per_pass`` micro-batches; micro-batch ``m`` is batch
   ``m % micro_per_pass`` of pass ``m // micro_per_pass``.
@@ -71,10 +73,51 @@ class SeededSamples(Dataset):
             np.random.set_state(np_state)
 
 
+class SkippingCollate:
+    """Drops samples a dataset returned as ``None`` (an unreadable image) and records how
+    many in the batch's ``n_skipped``, so the main process can count them across workers."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, batch: List[Any]) -> Any:
+        good = [b for b in batch if b is not None]
+        out = self.collate(good) if good else {}
+        if isinstance(out, dict):
+            out["n_skipped"] = len(batch) - len(good)
+        return out
+
+
 def collate_fn_of(dataset: Dataset):
     while isinstance(dataset, (SeededSamples, ConcatDataset)):
         dataset = dataset.dataset if isinstance(dataset, SeededSamples) else dataset.datasets[0]
-    return getattr(dataset, "collater", None) or default_collate
+    return SkippingCollate(getattr(dataset, "collater", None) or default_collate)
+
+
+class BadDataError(RuntimeError):
+    pass
+
+
+class SkipCounter:
+    """Counts skipped samples; past ``limit`` (a fraction, judged after ``min_seen``
+    samples) the run stops rather than train on a quietly shrinking dataset."""
+
+    def __init__(self, limit: float, min_seen: int = 50):
+        self.limit, self.min_seen = limit, min_seen
+        self.seen = self.skipped = 0
+
+    def update(self, batch: Any, batch_size: int) -> bool:
+        """Count one batch; False when none of its samples could be read."""
+        n = batch.pop("n_skipped", 0) if isinstance(batch, dict) else 0
+        self.seen += batch_size
+        self.skipped += int(n)
+        if self.seen >= self.min_seen and self.skipped > self.limit * self.seen:
+            raise BadDataError(
+                f"{self.skipped} of {self.seen} samples so far could not be read (over the limit "
+                f"run.max_bad_sample_fraction={self.limit}); see the warnings above for the files, "
+                "fix or remove them, or raise the limit"
+            )
+        return n < batch_size
 
 
 def concat(datasets: List[Dataset]) -> Dataset:
@@ -90,7 +133,8 @@ class MicroBatchStream:
     """Training micro-batches from global micro-batch number ``start`` onwards."""
 
     def __init__(self, dataset: Dataset, batch_size: int, num_workers: int, rank: int, world: int, seed: int,
-                 micro_per_pass: Optional[int] = None):
+                 micro_per_pass: Optional[int] = None, max_bad_fraction: float = 0.05):
+        self.skips = SkipCounter(max_bad_fraction)
         self.samples = SeededSamples(dataset, seed)
         self.sampler = ResumableSampler(self.samples, world, rank, shuffle=True, seed=seed)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -116,5 +160,7 @@ class MicroBatchStream:
                                 num_workers=self.num_workers, collate_fn=collate_fn_of(self.samples),
                                 drop_last=True, generator=torch.Generator().manual_seed(pass_idx),
                                 pin_memory=torch.cuda.is_available())
-            yield from itertools.islice(loader, self.micro_per_pass - offset)
+            for batch in itertools.islice(loader, self.micro_per_pass - offset):
+                if self.skips.update(batch, self.batch_size):
+                    yield batch
             pass_idx, offset = pass_idx + 1, 0

@@ -133,7 +133,8 @@ class RunnerBase:
         self._open_run_dir()
         run = self.run_cfg
         self.stream = MicroBatchStream(self.train_dataset(), run.batch_size_train, run.num_workers,
-                                       dist.get_rank(), dist.get_world_size(), run.seed)
+                                       dist.get_rank(), dist.get_world_size(), run.seed,
+                                       max_bad_fraction=run.max_bad_sample_fraction)
         self.total_steps, self.steps_per_inner, self.stream.micro_per_pass = self.schedule(self.stream.batches_per_pass)
         resume = self._resume_path()
         resume_state = ckpt_io.read(resume) if resume else None
@@ -254,8 +255,11 @@ class RunnerBase:
                     continue
                 loader = eval_loader(ds_splits[split], run.batch_size_eval, run.num_workers, dist.get_rank(), dist.get_world_size())
                 autocast = self.strategy.autocast() if self.strategy else torch.autocast(self.device.type, enabled=False)
+                batches = _OnDevice(loader, self.device)
                 with autocast:
-                    results = self.task.evaluation(module, _OnDevice(loader, self.device))
+                    results = self.task.evaluation(module, batches)
+                if batches.skipped:
+                    logger.warning("%s/%s: %d unreadable sample(s) skipped on this rank", ds_name, split, batches.skipped)
                 metrics = None
                 if dist.is_main_process():
                     name = f"{ds_name}_{split}_{epoch if epoch is not None else 'final'}"
@@ -320,13 +324,16 @@ class RunnerBase:
 
 
 class _OnDevice:
-    """Wraps an evaluation loader to move each batch to the device."""
+    """Wraps an evaluation loader: counts unreadable samples, moves batches to the device."""
 
     def __init__(self, loader, device):
-        self.loader, self.device = loader, device
+        self.loader, self.device, self.skipped = loader, device, 0
 
     def __iter__(self):
-        return (move_to_device(b, self.device) for b in self.loader)
+        for batch in self.loader:
+            self.skipped += batch.pop("n_skipped", 0) if isinstance(batch, dict) else 0
+            if batch:
+                yield move_to_device(batch, self.device)
 
     def __len__(self):
         return len(self.loader)
