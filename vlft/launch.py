@@ -29,9 +29,22 @@ def parse_args(argv: Optional[List[str]] = None, description: str = "") -> argpa
     return parser.parse_args(argv)
 
 
-def run_dir_for(cfg: Config, job_id: str) -> Path:
-    """Resuming continues in the resumed run's folder; a new run gets output_dir/<job_id>."""
+def new_job_id(output_dir: str) -> str:
+    """A timestamp, made unique within ``output_dir`` (runs started in the same second)."""
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    job_id, n = stamp, 0
+    while (Path(output_dir) / job_id).exists():
+        n += 1
+        job_id = f"{stamp}_{n}"
+    return job_id
+
+
+def run_dir_for(cfg: Config, job_id: str, evaluate_only: bool = False) -> Path:
+    """Resuming training continues in the resumed run's folder; anything else (including
+    evaluating a checkpoint) gets a new output_dir/<job_id>."""
     resume = cfg.run_cfg.get("resume_ckpt_path")
+    if evaluate_only or cfg.run_cfg.evaluate:
+        return Path(cfg.run_cfg.output_dir) / job_id
     if resume == "auto":
         found = find_resume(cfg.run_cfg.output_dir)
         if found is not None:
@@ -41,7 +54,7 @@ def run_dir_for(cfg: Config, job_id: str) -> Path:
     return Path(cfg.run_cfg.output_dir) / job_id
 
 
-def setup(args: argparse.Namespace):
+def setup(args: argparse.Namespace, evaluate_only: bool = False):
     """Build the configured runner (nothing is trained yet)."""
     setup_logging()
     options = list(args.options or [])
@@ -50,18 +63,18 @@ def setup(args: argparse.Namespace):
     cfg = Config(cfg_path=args.cfg_path, options=options)
     dist.init_distributed(cfg.run_cfg)
     set_seed(cfg.run_cfg.seed + dist.get_rank())
-    job_id = dist.broadcast_object(time.strftime("%Y%m%d%H%M%S"))
+    job_id = dist.broadcast_object(new_job_id(cfg.run_cfg.output_dir) if dist.is_main_process() else None)
     task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     runner_cls = registry.get_runner_class(cfg.run_cfg.runner)
-    return runner_cls(cfg, task, model, datasets, job_id=job_id, run_dir=run_dir_for(cfg, job_id))
+    return runner_cls(cfg, task, model, datasets, job_id=job_id, run_dir=run_dir_for(cfg, job_id, evaluate_only))
 
 
 def _main(argv: Optional[List[str]], evaluate_only: bool) -> int:
     args = parse_args(argv, "Evaluate a vlft model" if evaluate_only else "Train a vlft model")
     try:
-        runner = setup(args)
+        runner = setup(args, evaluate_only)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2

@@ -144,3 +144,10 @@ def test_cache_root_from_config_or_environment(tmp_path, monkeypatch):
     assert resolve_data_path("coco/annotations/train.json", {}) == tmp_path / "env_cache" / "coco/annotations/train.json"
     monkeypatch.delenv("VLFT_CACHE_ROOT")
     assert "lavis" not in str(cache_root({})) and str(cache_root({})).endswith(".cache/vlft")
+
+
+def test_a_differently_named_processor_replaces_the_default_one(tmp_path):
+    text = LAVIS_STYLE.replace('name: "simple_image_train"\n          image_size: 48', 'name: "simple_image_eval"\n          image_size: 48')
+    cfg = Config.from_file(write(tmp_path, text))
+    train = cfg.datasets_cfg.synthetic_shapes.vis_processor.train
+    assert train.name == "simple_image_eval" and "hflip" not in train  # the default's hflip did not leak

@@ -103,7 +103,7 @@ class ToyRegressionTask(BaseTask):
         err = (model.predict(samples).float() - samples["y"]) ** 2
         return [{"instance_id": int(i), "sq_err": float(e)} for i, e in zip(samples["instance_id"], err)]
 
-    def after_evaluation(self, results, split_name, epoch, output_dir=None):
+    def after_evaluation(self, results, split_name, epoch, output_dir=None, dataset=None):
         mse = sum(r["sq_err"] for r in results) / len(results)
         return {"mse": mse, "agg_metrics": -mse, "count": len(results)}
 

@@ -190,8 +190,17 @@ def dataset_defaults(name: str, ds_user: Optional[DictConfig]) -> DictConfig:
     default = _load_yaml(resolve_config_file(paths[ds_type]), f"default config of dataset {name}")
     sections = default.get("datasets") or {}
     if name not in sections and len(sections) == 1:  # a subclass reusing its parent's YAML
-        return next(iter(sections.values()))
-    return sections.get(name, OmegaConf.create({}))
+        section = next(iter(sections.values()))
+    else:
+        section = sections.get(name, OmegaConf.create({}))
+    # a processor the project names differently replaces the default one: its keys
+    # (e.g. the default's hflip) must not leak into another processor's config
+    for proc_key in ("vis_processor", "text_processor"):
+        for split, proc in ((ds_user or {}).get(proc_key) or {}).items():
+            default_proc = (section.get(proc_key) or {}).get(split)
+            if proc is not None and default_proc is not None and proc.get("name") not in (None, default_proc.get("name")):
+                del section[proc_key][split]
+    return section
 
 
 def validate(cfg: DictConfig, task_cls: type) -> None:

@@ -11,6 +11,7 @@ Differences from LAVIS, on purpose:
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Callable, Dict, List, Type
 
 
@@ -21,6 +22,17 @@ def nearest(name: str, candidates, n: int = 3) -> List[str]:
     if not close:  # substring matches help with long names such as "coco_caption"
         close = [c for c in candidates if name and (name in c or c in name)][:n]
     return close
+
+
+def _same_class(a: type, b: type) -> bool:
+    """The same class, or the same source class imported twice under two module names
+    (a plugin file named in a YAML's ``imports:`` and also imported by the user)."""
+    if a is b:
+        return True
+    try:
+        return a.__qualname__ == b.__qualname__ and inspect.getsourcefile(a) == inspect.getsourcefile(b)
+    except TypeError:  # built-in or dynamically made classes have no source file
+        return False
 
 
 class Registry:
@@ -34,7 +46,7 @@ class Registry:
         def wrap(cls: type) -> type:
             if not isinstance(cls, type):
                 raise TypeError(f"only classes can be registered as {self.kind}, got {cls!r}")
-            if name in self._classes and self._classes[name] is not cls:
+            if name in self._classes and not _same_class(self._classes[name], cls):
                 raise KeyError(
                     f"{self.kind} name '{name}' is already registered to "
                     f"{self._classes[name].__module__}.{self._classes[name].__qualname__}"

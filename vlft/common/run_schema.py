@@ -50,6 +50,7 @@ RUN_FIELDS: Dict[str, Field] = {
     "max_epoch": Field(1, (int,), "epochs (runner_base)"),
     "max_iters": Field(None, _OPT_INT, "optimizer steps (runner_iter)"),
     "iters_per_inner_epoch": Field(None, _OPT_INT, "steps between validations (runner_iter)"),
+    "validate_at_start": Field(False, (bool,), "also validate before the first step (the untrained baseline)"),
     "early_stop_patience": Field(None, _OPT_INT, "stop after this many validations without improvement"),
     # data
     "batch_size_train": Field(8, (int,), "per-process training batch"),
@@ -71,6 +72,7 @@ RUN_FIELDS: Dict[str, Field] = {
     "output_dir": Field("output/${run.task}", (str,), "where logs, configs and checkpoints go"),
     "resume_ckpt_path": Field(None, _OPT_STR, "checkpoint to resume from, or 'auto' for the latest in output_dir"),
     "checkpoint_every_iters": Field(0, (int,), "also write the resumable checkpoint every N steps (0: per inner epoch only)"),
+    "export_hf": Field(False, (bool,), "at the end, save the best model in HF format (hf_model/); peft runs also save adapter/"),
     "save_full": Field(False, (bool,), "save every parameter, not only the trainable ones"),
     "log_freq": Field(50, (int,), "console / JSON-lines logging interval in steps"),
     "log_backends": Field([], (list,), "extra metric sinks: tensorboard, wandb"),

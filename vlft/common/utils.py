@@ -18,10 +18,11 @@ def config_root() -> Path:
 
 def resolve_config_file(path: str) -> Path:
     """Resolve a default-YAML path as written in ``PRETRAINED_MODEL_CONFIG_DICT`` /
-    ``DATASET_CONFIG_DICT``: absolute paths are kept, ``configs/...`` paths point into
-    the shipped configs, anything else is taken relative to the working directory."""
+    ``DATASET_CONFIG_DICT``: absolute paths and files that exist relative to the working
+    directory are kept; other ``configs/...`` paths point into the shipped configs.
+    (Plugins outside the working directory should build absolute paths from ``__file__``.)"""
     p = Path(path)
-    if p.is_absolute():
+    if p.is_absolute() or (Path.cwd() / p).is_file():  # a user's own configs/ tree comes first
         return p
     parts = p.parts
     if parts and parts[0] == "configs":

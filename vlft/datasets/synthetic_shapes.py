@@ -44,3 +44,26 @@ def make_scene(index: int, seed: int = 0, image_size: int = 64) -> dict:
         "caption": f"a {c0} {s0} to the left of a {c1} {s1}",
         "label": CLASSES.index(f"{c0} {s0}"),
     }
+
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+
+
+def shapes_tokenizer(extra_text=("a picture of",)):
+    """A word-level tokenizer trained on the synthetic captions (the demo's ``tiny`` BLIP
+    uses it instead of BERT's 30k vocabulary). Deterministic: the same vocabulary on
+    every machine. Special tokens follow BLIP's BERT tokenizer: [CLS] ... [SEP], with
+    [DEC] as the decoder's start token."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [make_scene(i)["caption"] for i in range(200)] + list(extra_text)
+    corpus += [f"a {c} {s}" for c in COLOURS for s in SHAPES]  # every word, whatever the sample
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]")

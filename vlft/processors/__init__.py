@@ -1,4 +1,22 @@
 from vlft.processors.base_processor import BaseProcessor
+from vlft.processors.blip_processors import (
+    Blip2ImageEvalProcessor,
+    Blip2ImageTrainProcessor,
+    BlipCaptionProcessor,
+    BlipImageEvalProcessor,
+    BlipImageTrainProcessor,
+    BlipQuestionProcessor,
+)
 from vlft.processors.image import SimpleImageEvalProcessor, SimpleImageTrainProcessor
 
-__all__ = ["BaseProcessor", "SimpleImageTrainProcessor", "SimpleImageEvalProcessor"]
+__all__ = [
+    "BaseProcessor",
+    "SimpleImageTrainProcessor",
+    "SimpleImageEvalProcessor",
+    "BlipImageTrainProcessor",
+    "BlipImageEvalProcessor",
+    "Blip2ImageTrainProcessor",
+    "Blip2ImageEvalProcessor",
+    "BlipCaptionProcessor",
+    "BlipQuestionProcessor",
+]

@@ -59,18 +59,27 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
-        seed = hash((self.seed, self.epoch, int(index))) % 2**31
-        py_state, np_state = random.getstate(), np.random.get_state()
-        random.seed(seed)
-        np.random.seed(seed)
+    def __getitems__(self, indices: List[int]) -> List[Any]:
+        """One batch (the DataLoader calls this once per batch): the RNG states are saved
+        and restored once, and each sample is drawn from its own seed."""
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return self.dataset[index]
+            out = []
+            for index in indices:
+                seed = hash((self.seed, self.epoch, int(index))) % 2**31
+                random.seed(seed)
+                np.random.seed(seed)
+                # the CPU generator only: torch.manual_seed would also (slowly) reseed CUDA's
+                torch.default_generator.manual_seed(seed)
+                out.append(self.dataset[index])
+            return out
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+            torch.default_generator.set_state(torch_state)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])[0]
 
 
 class SkippingCollate:

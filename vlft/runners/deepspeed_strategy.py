@@ -1,16 +1,23 @@
-"""DeepSpeed behind the strategy interface.
+"""DeepSpeed behind the strategy interface (docs/deepspeed.md).
 
 The DeepSpeed config lives inline in the YAML (``run.deepspeed_config``); the run keys
 that DeepSpeed also knows are filled in from the run section, so they cannot disagree:
 ``batch_size_train`` -> ``train_micro_batch_size_per_gpu``, ``accum_grad_iters`` ->
-``gradient_accumulation_steps``, ``max_grad_norm`` -> ``gradient_clipping``, ``amp`` ->
-``bf16`` / ``fp16``. The optimizer is vlft's (same parameter groups, same scheduler).
+``gradient_accumulation_steps``, ``max_grad_norm`` -> ``gradient_clipping`` (0 when
+unset: DeepSpeed's own default clips at 1.0), ``amp`` -> ``bf16`` / ``fp16``. The
+optimizer is vlft's (same parameter groups, same scheduler).
 
 Accumulation follows DeepSpeed's documented manual-boundary pattern: the boundary flag
 is set before each micro-step, ``backward`` per micro-batch, one ``step`` per window.
 A non-finite loss is checked before backward (one host sync per micro-step); its
 micro-batch contributes a zero gradient, since a DeepSpeed engine cannot drop an
-accumulation window halfway.
+accumulation window halfway, and the window's engine step runs at learning rate 0:
+the weights stay as they were (Adam's moments decay one step) and ``step`` reports
+the update as skipped.
+
+Checkpoints: DeepSpeed's engine state goes to ``<checkpoint>.ds/<tag>/``, one tag per
+save, named in the checkpoint file; the previous tag is deleted at the next save, so a
+crash never leaves a file without its DeepSpeed state.
 """
 from __future__ import annotations
 
@@ -18,13 +25,12 @@ import contextlib
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
 from vlft.common import dist
-from vlft.runners.checkpoint import atomic_replace_dir
 from vlft.runners.strategies import SingleStrategy
 
 logger = logging.getLogger(__name__)
@@ -35,22 +41,37 @@ def deepspeed_config(run_cfg) -> Dict[str, Any]:
 
     user = run_cfg.get("deepspeed_config")
     ds = OmegaConf.to_container(user, resolve=True) if user is not None else {"zero_optimization": {"stage": 2}}
+    if "bfloat16" in ds:  # DeepSpeed's old spelling of the bf16 section
+        ds["bf16"] = ds.pop("bfloat16")
     derived = {
         "train_micro_batch_size_per_gpu": run_cfg.batch_size_train,
         "gradient_accumulation_steps": run_cfg.accum_grad_iters,
     }
     if run_cfg.get("max_grad_norm"):
         derived["gradient_clipping"] = float(run_cfg.max_grad_norm)
+    elif "gradient_clipping" not in ds:
+        # DeepSpeed clips at 1.0 unless told otherwise; vlft (and SingleStrategy) clip only on request
+        ds["gradient_clipping"] = 0.0
     for key, value in derived.items():
         if key in ds and ds[key] != value:
             raise ValueError(f"run.deepspeed_config.{key}={ds[key]} disagrees with the run section ({value}); "
                              f"set it once, in the run section")
         ds[key] = value
-    ds["train_batch_size"] = run_cfg.batch_size_train * run_cfg.accum_grad_iters * dist.get_world_size()
-    if run_cfg.amp in ("bf16",):
-        ds.setdefault("bf16", {"enabled": True})
-    elif run_cfg.amp in (True, "fp16"):
-        ds.setdefault("fp16", {"enabled": True})
+    world = dist.get_world_size()
+    train_batch = run_cfg.batch_size_train * run_cfg.accum_grad_iters * world
+    if "train_batch_size" in ds and ds["train_batch_size"] != train_batch:
+        raise ValueError(f"run.deepspeed_config.train_batch_size={ds['train_batch_size']} disagrees with "
+                         f"batch_size_train x accum_grad_iters x world size = {train_batch}; leave it out")
+    ds["train_batch_size"] = train_batch
+    half = {"bf16": "bf16", "fp16": "fp16", True: "fp16"}.get(run_cfg.amp)
+    for key in ("bf16", "fp16"):
+        section = ds.get(key)
+        if half == key:
+            if isinstance(section, dict) and section.get("enabled") is False:
+                raise ValueError(f"run.amp={run_cfg.amp} but run.deepspeed_config.{key}.enabled is false")
+            ds[key] = {**(section or {}), "enabled": True}
+        elif half is not None and isinstance(section, dict) and section.get("enabled"):
+            raise ValueError(f"run.amp={run_cfg.amp} but run.deepspeed_config enables {key}")
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)  # vlft logs progress itself
     return ds
@@ -67,6 +88,7 @@ class DeepSpeedStrategy(SingleStrategy):
             self.ds_config.get("fp16", {}).get("enabled") and torch.float16 or None
         # the engine holds the weights in half precision; autocast casts the (fp32) inputs to match
         self.dtype = half
+        self._tag: Optional[str] = None  # the DeepSpeed checkpoint tag the latest checkpoint file names
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         import deepspeed
@@ -100,37 +122,61 @@ class DeepSpeedStrategy(SingleStrategy):
         self.model.backward(loss)
 
     def step(self) -> bool:
-        self.model.step()
         bad = bool(self._bad.item())
         self._bad.zero_()
+        groups = self.base_optimizer.param_groups
+        saved = [g["lr"] for g in groups]
+        if bad:  # the engine must still step; at lr 0 AdamW / SGD leave the weights as they are
+            for g in groups:
+                g["lr"] = 0.0
+        try:
+            self.model.step()
+        finally:
+            for g, lr in zip(groups, saved):
+                g["lr"] = lr
         return not bad
 
     def model_state_dict(self) -> Dict[str, torch.Tensor]:
         if self.stage == 3:  # parameters are partitioned: gather a full copy (a collective)
-            return self.model._zero3_consolidated_16bit_state_dict()
+            return self.model._zero3_consolidated_16bit_state_dict() or {}
         return self.module.state_dict()
 
+    # --- checkpoints: DeepSpeed's own folder <ckpt>.ds/ beside the vlft file, one tag per save.
+    # The vlft file names the tag it goes with, and the tag it replaces is deleted only at the
+    # next save, so a crash at any point leaves a file and a DeepSpeed state that agree.
     def state_dict(self) -> Dict[str, Any]:
-        return {}  # the optimizer (and loss scaler) state lives in the DeepSpeed folder
+        # the optimizer (and loss scaler) state lives in the DeepSpeed folder
+        return {"deepspeed_tag": self._tag}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        pass
+        self._tag = state.get("deepspeed_tag") or "state"
 
     def save_extra(self, ckpt_path) -> None:
-        final = Path(str(ckpt_path) + ".ds")
-        tmp = Path(str(ckpt_path) + ".ds.tmp")
+        folder = Path(str(ckpt_path) + ".ds")
+        tag = f"step{self.model.global_steps}"
+        if tag == self._tag:  # saved twice at one step: never overwrite the live one
+            tag += "b"
+        keep = {tag, self._tag}  # the new state and the one the file on disk names
         if dist.is_main_process():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(folder / tag, ignore_errors=True)  # a torn write of this very step
         dist.barrier()
-        self.model.save_checkpoint(str(tmp), tag="state")
+        # frozen weights are not training state (they come from the pretrained model), and
+        # the trainable ones are restored from the optimizer's fp32 copy
+        self.model.save_checkpoint(str(folder), tag=tag, exclude_frozen_parameters=True)
         dist.barrier()
         if dist.is_main_process():
-            atomic_replace_dir(tmp, final)
-        dist.barrier()
+            for old in folder.iterdir():
+                if old.is_dir() and old.name not in keep:
+                    shutil.rmtree(old, ignore_errors=True)
+        self._tag = tag
 
     def load_extra(self, ckpt_path) -> None:
         folder = Path(str(ckpt_path) + ".ds")
-        if not folder.is_dir():
-            raise FileNotFoundError(f"DeepSpeed state {folder} is missing beside {ckpt_path}")
-        self.model.load_checkpoint(str(folder), tag="state", load_module_strict=False, load_lr_scheduler_states=False)
-
+        tag = self._tag or "state"
+        if not (folder / tag).is_dir():
+            raise FileNotFoundError(f"DeepSpeed state {folder / tag} is missing beside {ckpt_path} "
+                                    f"(a DeepSpeed run resumes only from a DeepSpeed checkpoint)")
+        load_path, _ = self.model.load_checkpoint(str(folder), tag=tag, load_module_strict=False,
+                                                  load_lr_scheduler_states=False)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load {folder / tag}")

@@ -28,7 +28,11 @@ def lr_multiplier(name: str, multipliers: Mapping[str, float]) -> float:
     return 1.0
 
 
-def build_param_groups(model: nn.Module, weight_decay: float, multipliers: Optional[Mapping[str, float]] = None) -> List[Dict[str, Any]]:
+def build_param_groups(model: nn.Module, weight_decay: float, multipliers: Optional[Mapping[str, float]] = None,
+                       include: Optional[set] = None) -> List[Dict[str, Any]]:
+    """Parameter groups of the trainable parameters, plus the frozen ones named in
+    ``include`` (scheduled to be unfrozen later: without a gradient AdamW skips them)."""
+    include = include or set()
     multipliers = dict(multipliers or {})
     unused = [p for p in multipliers if not any(matches(n, p) for n, _ in model.named_parameters())]
     if unused:
@@ -37,7 +41,7 @@ def build_param_groups(model: nn.Module, weight_decay: float, multipliers: Optio
     model_scale = getattr(model, "lr_scale", lambda name: 1.0)
     groups: Dict[tuple, Dict[str, Any]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad and name not in include:
             continue
         decay = 0.0 if (param.ndim < 2 or name.endswith(".bias") or name in no_decay_names) else weight_decay
         scale = lr_multiplier(name, multipliers) * model_scale(name)
@@ -49,7 +53,7 @@ def build_param_groups(model: nn.Module, weight_decay: float, multipliers: Optio
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, run_cfg) -> torch.optim.Optimizer:
-    groups = build_param_groups(model, run_cfg.weight_decay, run_cfg.get("lr_multipliers"))
+def build_optimizer(model: nn.Module, run_cfg, include: Optional[set] = None) -> torch.optim.Optimizer:
+    groups = build_param_groups(model, run_cfg.weight_decay, run_cfg.get("lr_multipliers"), include)
     # param_names is informational; torch keeps unknown group keys in state_dict harmlessly
     return torch.optim.AdamW(groups, lr=run_cfg.init_lr, betas=(0.9, run_cfg.beta2), weight_decay=run_cfg.weight_decay)

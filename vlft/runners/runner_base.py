@@ -24,6 +24,7 @@ from vlft.common.registry import registry
 from vlft.common.utils import rng_state, set_rng_state
 from vlft.runners import checkpoint as ckpt_io
 from vlft.runners.data import MicroBatchStream, concat, eval_loader
+from vlft.models.adapters import UnfreezeSchedule, export
 from vlft.runners.optim import build_optimizer
 from vlft.runners.strategies import build_strategy
 
@@ -68,6 +69,7 @@ class RunnerBase:
         self.progress = Progress()
         self.strategy = None
         self.sinks: Optional[MetricSinks] = None
+        self.start_metrics: Optional[Dict[str, Dict[str, float]]] = None
 
     # ------------------------------------------------------------------ schedule
     def schedule(self, batches_per_pass: int) -> Tuple[int, int, int]:
@@ -89,7 +91,11 @@ class RunnerBase:
         n_inner = math.ceil(self.total_steps / steps_per_inner)
         logger.info("training %d steps (%d per inner epoch) with %s on %d process(es); run folder %s",
                     self.total_steps, steps_per_inner, self.strategy.name, dist.get_world_size(), self.run_dir)
+        if self.run_cfg.validate_at_start and self.progress.step == 0 and self.run_cfg.valid_splits:
+            self.start_metrics = self.run_evaluation(list(self.run_cfg.valid_splits), tag="val (untrained)", epoch="start")
         for inner in range(self.progress.step // steps_per_inner, n_inner):
+            if self.unfreeze.apply(inner):
+                self.strategy.refresh()
             self.train_inner_epoch(inner, end=min((inner + 1) * steps_per_inner, self.total_steps))
             if self.after_inner_epoch(inner):
                 break
@@ -141,10 +147,15 @@ class RunnerBase:
         if resume_state is not None:  # weights first, so a DeepSpeed engine starts from them
             ckpt_io.load_model_weights(self.model, resume_state["model"])
         self.model.to(self.device)
-        optimizer = build_optimizer(self.model, run)
+        self.unfreeze = UnfreezeSchedule(self.model, self.config.model_cfg.get("unfreeze") or [])
+        if resume_state is not None:  # what was unfrozen before the interruption is trainable again
+            self.unfreeze.apply(resume_state["progress"]["step"] // self.steps_per_inner)
+        optimizer = build_optimizer(self.model, run, include=self.unfreeze.param_names())
         sched_cls = registry.get_lr_scheduler_class(run.lr_sched)
         self.lr_sched = sched_cls.from_config(optimizer, run, self.total_steps, self.steps_per_inner)
         self.strategy = build_strategy(run, self.device)
+        if self.unfreeze and self.strategy.name == "deepspeed":
+            raise ValueError("model.unfreeze (progressive unfreezing) is not supported with DeepSpeed")
         self.strategy.prepare(self.model, optimizer)
         n_all = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -263,7 +274,8 @@ class RunnerBase:
                 metrics = None
                 if dist.is_main_process():
                     name = f"{ds_name}_{split}_{epoch if epoch is not None else 'final'}"
-                    metrics = self.task.after_evaluation(results, split_name=split, epoch=epoch, output_dir=self.run_dir)
+                    metrics = self.task.after_evaluation(results, split_name=split, epoch=epoch, output_dir=self.run_dir,
+                                                          dataset=ds_splits[split])
                     self.task.save_results(results, self.run_dir, name)
                 metrics = dist.broadcast_object(metrics)
                 out[f"{ds_name}/{split}"] = metrics
@@ -276,12 +288,19 @@ class RunnerBase:
 
     def _finish(self) -> Dict[str, Any]:
         results: Dict[str, Any] = {"progress": asdict(self.progress), "run_dir": str(self.run_dir)}
+        if self.progress.best_agg is not None:
+            start = self.start_metrics
+            before = "" if not start else "untrained %.4f -> " % (sum(m["agg_metrics"] for m in start.values()) / len(start))
+            logger.info("validation agg_metrics: %sbest %.4f at step %d", before, self.progress.best_agg, self.progress.best_step)
+        best = self.run_dir / ckpt_io.BEST
+        if best.is_file():  # the model leaves training with its best weights
+            ckpt_io.load_model_weights(self.strategy.module, best)
         if self.run_cfg.test_splits:
-            best = self.run_dir / ckpt_io.BEST
-            if best.is_file():
-                logger.info("testing with the best checkpoint (step %s)", self.progress.best_step)
-                ckpt_io.load_model_weights(self.strategy.module, best)
+            logger.info("testing with the %s weights", f"best (step {self.progress.best_step})" if best.is_file() else "final")
             results["test"] = self.run_evaluation(list(self.run_cfg.test_splits), tag="test")
+        if dist.is_main_process() and (self.run_cfg.export_hf or self.config.model_cfg.get("peft")):
+            results["export"] = {k: str(v) for k, v in export(self.strategy.module, self.run_dir).items()}
+            logger.info("exported %s", results["export"])
         if dist.is_main_process() and self.run_cfg.plot_curves:
             png = plot_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
             if png:

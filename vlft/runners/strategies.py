@@ -54,6 +54,9 @@ class SingleStrategy:
         """The bare model (no DDP / DeepSpeed wrapper)."""
         return self.model
 
+    def refresh(self) -> None:
+        """The set of trainable parameters changed (progressive unfreezing)."""
+
     # --- one micro-step
     def autocast(self):
         if self.dtype is None:
@@ -122,6 +125,10 @@ class DDPStrategy(SingleStrategy):
     @property
     def module(self) -> nn.Module:
         return self.model.module
+
+    def refresh(self) -> None:
+        # DDP registers its gradient hooks for the parameters trainable at wrap time
+        self.prepare(self.model.module, self.optimizer)
 
     def sync_gradients(self, last_micro_step: bool) -> None:
         # as nanoGPT does: the flag DDP's forward reads, instead of a no_sync() context

@@ -35,8 +35,11 @@ class BaseTask:
         return cls(**{k: run.get(k) for k in cls.RUN_OPTIONS})
 
     def build_model(self, cfg):
+        """The registered model ``from_config``, then freezing / peft as the model section asks."""
+        from vlft.models.adapters import apply_finetuning
+
         model_cls = registry.get_model_class(cfg.model_cfg.arch)
-        return model_cls.from_config(cfg.model_cfg)
+        return apply_finetuning(model_cls.from_config(cfg.model_cfg), cfg.model_cfg)
 
     def build_datasets(self, cfg) -> Dict[str, Dict[str, Any]]:
         """``{dataset name: {split: torch Dataset}}`` for every entry under ``datasets:``."""
@@ -79,8 +82,10 @@ class BaseTask:
                 merged.append(r)
         return merged
 
-    def after_evaluation(self, results: List[Dict[str, Any]], split_name: str, epoch: Any, output_dir: Optional[Path] = None) -> Dict[str, float]:
-        """Metrics from the gathered results; must include ``agg_metrics`` (higher is better)."""
+    def after_evaluation(self, results: List[Dict[str, Any]], split_name: str, epoch: Any, output_dir: Optional[Path] = None,
+                         dataset=None) -> Dict[str, float]:
+        """Metrics from the gathered results; must include ``agg_metrics`` (higher is better).
+        ``dataset`` is the evaluated split's dataset (e.g. for its ground truth)."""
         raise NotImplementedError
 
     @staticmethod

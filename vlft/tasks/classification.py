@@ -16,7 +16,8 @@ class ClassificationTask(BaseTask):
         ids = samples["instance_id"].tolist()
         return [{"instance_id": i, "prediction": p, "label": y} for i, p, y in zip(ids, predictions, labels)]
 
-    def after_evaluation(self, results, split_name: str, epoch: Any, output_dir: Optional[Path] = None) -> Dict[str, float]:
+    def after_evaluation(self, results, split_name: str, epoch: Any, output_dir: Optional[Path] = None,
+                         dataset=None) -> Dict[str, float]:
         if not results:
             raise ValueError(f"no results to score on split '{split_name}'")
         accuracy = 100.0 * sum(r["prediction"] == r["label"] for r in results) / len(results)

@@ -28,7 +28,13 @@ class ShapesDataset(Dataset):
         scene = make_scene(self.offset + index, self.seed, self.image_size)
         image = self.vis_processor(scene["image"]) if self.vis_processor else scene["image"]
         caption = self.text_processor(scene["caption"]) if self.text_processor else scene["caption"]
-        return {"image": image, "text_input": caption, "label": scene["label"], "instance_id": index}
+        return {"image": image, "text_input": caption, "label": scene["label"], "instance_id": index,
+                "image_id": f"shapes_{self.offset + index}"}
+
+    def ground_truth(self) -> dict:
+        """Reference captions by image id (for the captioning metrics)."""
+        return {f"shapes_{self.offset + i}": [make_scene(self.offset + i, self.seed, self.image_size)["caption"]]
+                for i in range(self.num_samples)}
 
 
 @registry.register_builder("synthetic_shapes")

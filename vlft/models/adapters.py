@@ -1,0 +1,162 @@
+"""Fine-tuning methods from the ``model:`` section, for any registered model.
+
+- ``freeze: [pattern, ...]`` freezes the matching parameters (patterns as in
+  ``run.lr_multipliers``: a module path anywhere in the name, globs allowed);
+- ``unfreeze: [{epoch: k, modules: [pattern, ...]}, ...]`` unfreezes them again at
+  the start of (0-based) epoch k; ``{epoch: k, last_n: N, layers: vision_model.encoder.layers}``
+  names the last N blocks of a layer list (the usual "last N vision layers" recipe);
+- ``peft: {method: lora, r, alpha, dropout, target_modules, modules_to_save}`` wraps the
+  model with peft (LoRA). A target that matches no module fails with the candidates.
+
+Learning-rate multipliers per module live in ``run.lr_multipliers`` (optimizer side).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
+
+from torch import nn
+
+from vlft.runners.optim import matches
+
+logger = logging.getLogger(__name__)
+
+
+def matching_params(model: nn.Module, patterns: Iterable[str], what: str) -> List[str]:
+    names = [n for n, _ in model.named_parameters()]
+    chosen: List[str] = []
+    for pattern in patterns:
+        hit = [n for n in names if matches(n, pattern)]
+        if not hit:
+            raise ValueError(f"{what}: pattern '{pattern}' matches no parameter of {type(model).__name__} "
+                             f"(parameters look like: {', '.join(names[:3])}, ...)")
+        chosen.extend(hit)
+    return chosen
+
+
+def freeze(model: nn.Module, patterns: Sequence[str]) -> int:
+    params = dict(model.named_parameters())
+    names = matching_params(model, patterns, "model.freeze")
+    for name in names:
+        params[name].requires_grad_(False)
+    logger.info("froze %d parameter tensors matching %s", len(set(names)), list(patterns))
+    return len(set(names))
+
+
+def _expand_unfreeze(model: nn.Module, entry: Mapping[str, Any]) -> List[str]:
+    if "last_n" in entry:
+        layers = entry.get("layers")
+        container = dict(model.named_modules()).get(layers) if layers else None
+        if container is None:  # allow a path relative to a wrapper (peft adds base_model.model.)
+            container = next((m for n, m in model.named_modules() if layers and n.endswith(layers)), None)
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+            raise ValueError(f"model.unfreeze: 'layers: {layers}' is not a layer list of {type(model).__name__}")
+        n = len(container)
+        prefix = next(name for name, m in model.named_modules() if m is container)
+        return [f"{prefix}.{i}" for i in range(max(n - int(entry["last_n"]), 0), n)]
+    return list(entry.get("modules") or [])
+
+
+class UnfreezeSchedule:
+    """Progressive unfreezing. The optimizer holds these parameters from the start (no
+    state is created while they have no gradient), so unfreezing needs no new optimizer."""
+
+    def __init__(self, model: nn.Module, entries: Sequence[Mapping[str, Any]]):
+        self.model = model
+        self.steps: List[tuple] = []
+        for entry in entries or []:
+            patterns = _expand_unfreeze(model, entry)
+            names = matching_params(model, patterns, "model.unfreeze")
+            self.steps.append((int(entry["epoch"]), sorted(set(names))))
+        self.applied: Set[int] = set()
+
+    def param_names(self) -> Set[str]:
+        return {n for _, names in self.steps for n in names}
+
+    def apply(self, epoch: int) -> List[str]:
+        """Unfreeze everything scheduled at or before ``epoch``; return the newly trainable names."""
+        params = dict(self.model.named_parameters())
+        newly = []
+        for i, (at, names) in enumerate(self.steps):
+            if at <= epoch and i not in self.applied:
+                self.applied.add(i)
+                for name in names:
+                    if not params[name].requires_grad:
+                        params[name].requires_grad_(True)
+                        newly.append(name)
+        if newly:
+            logger.info("epoch %d: unfroze %d parameter tensors", epoch, len(newly))
+        return newly
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+
+def lora_candidates(model: nn.Module) -> List[str]:
+    """Module names peft can target (last path component of Linear / Conv / Embedding layers)."""
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, kinds) and name})
+
+
+def apply_peft(model: nn.Module, cfg: Mapping[str, Any]) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    method = cfg.get("method", "lora")
+    if method != "lora":
+        raise ValueError(f"model.peft.method: '{method}' is not supported; use lora")
+    targets = list(cfg.get("target_modules") or [])
+    if not targets:
+        raise ValueError(f"model.peft.target_modules is required; candidates: {', '.join(lora_candidates(model))}")
+    module_names = [n for n, _ in model.named_modules()]
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in module_names):
+            raise ValueError(f"model.peft.target_modules: '{target}' matches no module of {type(model).__name__}; "
+                             f"candidates: {', '.join(lora_candidates(model))}")
+    config = LoraConfig(r=int(cfg.get("r", 8)), lora_alpha=int(cfg.get("alpha", 16)), lora_dropout=float(cfg.get("dropout", 0.05)),
+                        target_modules=targets, modules_to_save=list(cfg.get("modules_to_save") or []) or None,
+                        bias=cfg.get("bias", "none"))
+    peft_model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    logger.info("LoRA on %s: %d trainable of %d parameters (%.2f%%)", targets, trainable, total, 100 * trainable / total)
+    return peft_model
+
+
+def apply_finetuning(model: nn.Module, model_cfg: Mapping[str, Any]) -> nn.Module:
+    """Freeze, then wrap with peft, as the ``model:`` section asks."""
+    if model_cfg.get("freeze"):
+        freeze(model, list(model_cfg.freeze))
+    if model_cfg.get("unfreeze"):  # scheduled parameters start frozen
+        for _, names in UnfreezeSchedule(model, model_cfg.unfreeze).steps:
+            params = dict(model.named_parameters())
+            for name in names:
+                params[name].requires_grad_(False)
+    if model_cfg.get("peft"):
+        if model_cfg.get("unfreeze"):
+            raise ValueError("model.unfreeze and model.peft together are not supported: LoRA trains adapters only")
+        model = apply_peft(model, model_cfg.peft)
+    return model
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The vlft model under a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def export(model: nn.Module, out_dir: Path) -> Dict[str, Path]:
+    """Adapters in peft's format (``adapter/``) and, where the model can, the merged model
+    in HF format (``hf_model/``, loadable by ``transformers.pipeline``)."""
+    import copy
+
+    out: Dict[str, Path] = {}
+    if hasattr(model, "peft_config"):
+        out["adapter"] = Path(out_dir) / "adapter"
+        model.save_pretrained(str(out["adapter"]))
+        merged = copy.deepcopy(model).merge_and_unload()
+    else:
+        merged = model
+    if hasattr(merged, "save_hf"):
+        out["hf_model"] = merged.save_hf(str(Path(out_dir) / "hf_model"))
+    return out

@@ -1,0 +1,3 @@
+from vlft.models.blip.blip_caption import BlipCaption
+
+__all__ = ["BlipCaption"]

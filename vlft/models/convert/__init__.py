@@ -1,0 +1,1 @@
+"""Key maps between LAVIS checkpoints and vlft (transformers) models."""
