@@ -19,7 +19,7 @@ from typing import Any, Iterator, List, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import ChainDataset, ConcatDataset, DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 from torch.utils.data.dataloader import default_collate
 
 
@@ -92,13 +92,13 @@ class SkippingCollate:
     def __call__(self, batch: List[Any]) -> Any:
         good = [b for b in batch if b is not None]
         out = self.collate(good) if good else {}
-        if isinstance(out, dict):
-            out["n_skipped"] = len(batch) - len(good)
+        if isinstance(out, dict):  # a streaming dataset's collater may have counted some already
+            out["n_skipped"] = out.get("n_skipped", 0) + len(batch) - len(good)
         return out
 
 
 def collate_fn_of(dataset: Dataset):
-    while isinstance(dataset, (SeededSamples, ConcatDataset)):
+    while isinstance(dataset, (SeededSamples, ConcatDataset, ChainDataset)):
         dataset = dataset.dataset if isinstance(dataset, SeededSamples) else dataset.datasets[0]
     return SkippingCollate(getattr(dataset, "collater", None) or default_collate)
 
@@ -115,39 +115,75 @@ class SkipCounter:
         self.limit, self.min_seen = limit, min_seen
         self.seen = self.skipped = 0
 
-    def update(self, batch: Any, batch_size: int) -> bool:
+    def update(self, batch: Any) -> bool:
         """Count one batch; False when none of its samples could be read."""
-        n = batch.pop("n_skipped", 0) if isinstance(batch, dict) else 0
-        self.seen += batch_size
-        self.skipped += int(n)
+        n = int(batch.pop("n_skipped", 0)) if isinstance(batch, dict) else 0
+        good = batch_len(batch)
+        self.seen += good + n
+        self.skipped += n
         if self.seen >= self.min_seen and self.skipped > self.limit * self.seen:
             raise BadDataError(
                 f"{self.skipped} of {self.seen} samples so far could not be read (over the limit "
                 f"run.max_bad_sample_fraction={self.limit}); see the warnings above for the files, "
                 "fix or remove them, or raise the limit"
             )
-        return n < batch_size
+        return good > 0
+
+
+def batch_len(batch: Any) -> int:
+    """Samples in a collated batch (the length of its first tensor or list)."""
+    values = batch.values() if isinstance(batch, dict) else [batch]
+    for v in values:
+        if torch.is_tensor(v) and v.dim() > 0:
+            return v.shape[0]
+        if isinstance(v, (list, tuple)):
+            return len(v)
+    return 0
 
 
 def concat(datasets: List[Dataset]) -> Dataset:
-    return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    if len(datasets) == 1:
+        return datasets[0]
+    streaming = [isinstance(d, IterableDataset) for d in datasets]
+    if all(streaming):
+        return ChainDataset(datasets)
+    if any(streaming):
+        raise ValueError("training on indexed and streaming (webdataset) datasets together is not supported")
+    return ConcatDataset(datasets)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: int, world: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), world, rank),
-                      num_workers=num_workers, collate_fn=collate_fn_of(dataset), drop_last=False)
+    # a streaming dataset splits itself by rank and worker; an indexed one is sharded here
+    sampler = None if isinstance(dataset, IterableDataset) else ShardSampler(len(dataset), world, rank)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_fn_of(dataset), drop_last=False)
 
 
 class MicroBatchStream:
-    """Training micro-batches from global micro-batch number ``start`` onwards."""
+    """Training micro-batches from global micro-batch number ``start`` onwards.
+
+    A streaming (webdataset) dataset has no indices: it shuffles and splits itself by
+    rank and worker, its nominal length (``num_samples``) sets the pass length, it
+    repeats so every rank fills its pass, and resuming mid-pass reads and discards the
+    batches already trained on (the order is reproduced; random augmentations are not).
+    """
 
     def __init__(self, dataset: Dataset, batch_size: int, num_workers: int, rank: int, world: int, seed: int,
                  micro_per_pass: Optional[int] = None, max_bad_fraction: float = 0.05):
         self.skips = SkipCounter(max_bad_fraction)
-        self.samples = SeededSamples(dataset, seed)
-        self.sampler = ResumableSampler(self.samples, world, rank, shuffle=True, seed=seed)
+        self.streaming = isinstance(dataset, IterableDataset)
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.batches_per_pass = self.sampler.num_samples // batch_size  # drop_last: equal batches everywhere
+        if self.streaming:
+            self.samples = dataset
+            for part in getattr(dataset, "datasets", [dataset]):
+                if hasattr(part, "repeat"):
+                    part.repeat = True
+            per_rank = len(dataset)
+        else:
+            self.samples = SeededSamples(dataset, seed)
+            self.sampler = ResumableSampler(self.samples, world, rank, shuffle=True, seed=seed)
+            per_rank = self.sampler.num_samples
+        self.batches_per_pass = per_rank // batch_size  # drop_last: equal batches everywhere
         if self.batches_per_pass == 0:
             raise ValueError(
                 f"the training set has {len(dataset)} samples, fewer than one batch of {batch_size} per process "
@@ -158,18 +194,27 @@ class MicroBatchStream:
     def __iter__(self) -> Iterator[Any]:
         return self.iterate(0)
 
+    def _loader(self, pass_idx: int, offset: int) -> Iterator[Any]:
+        if self.streaming:
+            for part in getattr(self.samples, "datasets", [self.samples]):
+                if hasattr(part, "set_epoch"):
+                    part.set_epoch(pass_idx)
+            loader = DataLoader(self.samples, batch_size=self.batch_size, num_workers=self.num_workers,
+                                collate_fn=collate_fn_of(self.samples), drop_last=True)
+            return itertools.islice(loader, offset, None)
+        self.samples.epoch = pass_idx
+        self.sampler.set_epoch(pass_idx)
+        self.sampler.set_start(offset * self.batch_size)
+        # a fresh generator per pass keeps worker seeds independent of earlier history
+        return iter(DataLoader(self.samples, batch_size=self.batch_size, sampler=self.sampler,
+                               num_workers=self.num_workers, collate_fn=collate_fn_of(self.samples),
+                               drop_last=True, generator=torch.Generator().manual_seed(pass_idx),
+                               pin_memory=torch.cuda.is_available()))
+
     def iterate(self, start: int) -> Iterator[Any]:
         pass_idx, offset = divmod(start, self.micro_per_pass)
         while True:
-            self.samples.epoch = pass_idx
-            self.sampler.set_epoch(pass_idx)
-            self.sampler.set_start(offset * self.batch_size)
-            # a fresh generator per pass keeps worker seeds independent of earlier history
-            loader = DataLoader(self.samples, batch_size=self.batch_size, sampler=self.sampler,
-                                num_workers=self.num_workers, collate_fn=collate_fn_of(self.samples),
-                                drop_last=True, generator=torch.Generator().manual_seed(pass_idx),
-                                pin_memory=torch.cuda.is_available())
-            for batch in itertools.islice(loader, self.micro_per_pass - offset):
-                if self.skips.update(batch, self.batch_size):
+            for batch in itertools.islice(self._loader(pass_idx, offset), self.micro_per_pass - offset):
+                if self.skips.update(batch):
                     yield batch
             pass_idx, offset = pass_idx + 1, 0

@@ -208,7 +208,8 @@ class RunnerBase:
                 strategy.backward(out["loss"])
                 for k, v in out.items():
                     if k.startswith("loss") and torch.is_tensor(v):
-                        losses[k] = losses.get(k, 0) + v.detach().float() / accum
+                        v = v.detach() if accum == 1 else v.detach().float() / accum
+                        losses[k] = losses[k] + v if k in losses else v
             stepped = strategy.step()
             self.progress.step = step + 1
             self._count_nonfinite(stepped, step)

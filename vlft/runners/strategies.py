@@ -68,7 +68,8 @@ class SingleStrategy:
 
     def backward(self, loss: torch.Tensor) -> None:
         self._bad |= ~torch.isfinite(loss.detach())
-        loss = loss / self.accum
+        if self.accum > 1:
+            loss = loss / self.accum
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self) -> bool:

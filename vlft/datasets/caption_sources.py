@@ -1,0 +1,178 @@
+"""Annotation readers for file-based captioning sources: each turns its files into the
+records ``{"image", "caption", "image_id"}`` that ``vlft.datasets.caption_datasets``
+serves. Paths follow ``resolve_data_path`` (absolute, relative to the working
+directory when they exist there, else relative to the cache root).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
+
+from vlft.common.utils import cache_root, resolve_data_path
+
+KARPATHY_FORMAT = (
+    "LAVIS's Karpathy-split JSON: a list of records, for train "
+    '{"image": "val2014/COCO_val2014_000000391895.jpg", "caption": "a man riding a bike", "image_id": "coco_391895"} '
+    'and for val/test {"image": "val2014/COCO_val2014_000000184613.jpg", "caption": ["...", "..."]}; '
+    "LAVIS's copies are coco_karpathy_{train,val,test}.json under "
+    "https://storage.googleapis.com/sfr-vision-language-research/datasets/ (vlft downloads nothing)"
+)
+CUSTOM_FORMAT = (
+    "a JSON list of records, JSONL (one record per line) or CSV/TSV with a header, each record having an image "
+    "path (build_info.image_key, default 'image') relative to build_info.images.storage (default: the "
+    "annotation file's folder) and a caption or a list of captions (build_info.caption_key, default 'caption')"
+)
+
+
+def option(key: str, info: Mapping[str, Any], build_info: Mapping[str, Any], default: Any = None) -> Any:
+    """A source option: the split's ``annotations.<split>.<key>`` overrides ``build_info.<key>``."""
+    value = info.get(key) if info else None
+    if value is None:
+        value = build_info.get(key) if build_info else None
+    return default if value is None else value
+
+
+def _where(raw: str, run_cfg: Mapping[str, Any]) -> str:
+    p = Path(raw).expanduser()
+    if p.is_absolute():
+        return str(p)
+    return f"{Path.cwd() / p} or {cache_root(run_cfg) / p} (run.cache_root / $VLFT_CACHE_ROOT)"
+
+
+def annotation_files(source: str, split: str, info: Mapping[str, Any], run_cfg: Mapping[str, Any],
+                     expected: str) -> List[Path]:
+    """The files of ``build_info.annotations.<split>.storage`` (a path or a list of paths)."""
+    storage = (info or {}).get("storage")
+    if not storage:
+        raise ValueError(f"{source}: build_info.annotations.{split}.storage is not set; expected {expected}")
+    raws = [storage] if isinstance(storage, (str, Path)) else list(storage)
+    paths = []
+    for raw in raws:
+        path = resolve_data_path(str(raw), run_cfg)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{source}: annotation file for split '{split}' not found: '{raw}' "
+                f"(looked at {_where(str(raw), run_cfg)}). Expected {expected}"
+            )
+        paths.append(path)
+    return paths
+
+
+def image_root(source: str, build_info: Mapping[str, Any], run_cfg: Mapping[str, Any],
+               required: bool) -> Optional[Path]:
+    """``build_info.images.storage``, checked to exist; ``None`` when optional and unset."""
+    images = (build_info or {}).get("images") or {}
+    raw = images.get("storage") if isinstance(images, Mapping) else images
+    if not raw:
+        if required:
+            raise ValueError(f"{source}: build_info.images.storage (the image root folder) is not set")
+        return None
+    root = resolve_data_path(str(raw), run_cfg)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{source}: image folder build_info.images.storage='{raw}' not found "
+                                f"(looked at {_where(str(raw), run_cfg)})")
+    return root
+
+
+def _read_json(path: Path, source: str, expected: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: {path} is not valid JSON ({err}); expected {expected}") from None
+
+
+def coco_image_id(image: str) -> Hashable:
+    """LAVIS's COCO id from a file name: ``val2014/COCO_val2014_000000391895.jpg`` -> 391895
+    (the last ``_``-separated part of the stem, as an int when it is a number)."""
+    stem = Path(str(image)).stem
+    last = stem.split("_")[-1]
+    return int(last) if last.isdigit() else stem
+
+
+def read_coco_karpathy(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
+                       run_cfg: Mapping[str, Any]) -> Tuple[List[Dict[str, Any]], Path]:
+    """Records of a Karpathy-split COCO JSON (train: one caption each; val/test: a list each)."""
+    files = annotation_files("coco_caption", split, info, run_cfg, KARPATHY_FORMAT)
+    root = image_root("coco_caption", build_info, run_cfg, required=True)
+    records = []
+    for path in files:
+        data = _read_json(path, "coco_caption", KARPATHY_FORMAT)
+        if not isinstance(data, list):
+            raise ValueError(f"coco_caption: {path} holds a {type(data).__name__}, not a list; expected {KARPATHY_FORMAT}")
+        for i, ann in enumerate(data):
+            _require(ann, ("image", "caption"), path, i, "coco_caption", KARPATHY_FORMAT)
+            image_id = ann.get("image_id")
+            records.append({"image": ann["image"], "caption": ann["caption"],
+                            "image_id": image_id if image_id is not None else coco_image_id(ann["image"])})
+    return records, root
+
+
+def read_custom(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
+                run_cfg: Mapping[str, Any]) -> Tuple[List[Dict[str, Any]], Optional[Path]]:
+    """Records of local JSON / JSONL / CSV annotation files with configurable column names."""
+    image_key = option("image_key", info, build_info, "image")
+    caption_key = option("caption_key", info, build_info, "caption")
+    id_key = option("image_id_key", info, build_info)
+    files = annotation_files("caption_custom", split, info, run_cfg, CUSTOM_FORMAT)
+    root = image_root("caption_custom", build_info, run_cfg, required=False)
+    records = []
+    for path in files:
+        rows = _read_rows(path, option("format", info, build_info), option("csv_delimiter", info, build_info))
+        for i, row in enumerate(rows):
+            keys = (image_key, caption_key) + ((id_key,) if id_key else ())
+            _require(row, keys, path, i, "caption_custom",
+                     "column names set by build_info.image_key / caption_key / image_id_key")
+            image = str(row[image_key])
+            # without an image root, images sit next to their annotation file
+            source_image = image if root is not None or Path(image).is_absolute() else str(path.parent / image)
+            records.append({"image": source_image, "caption": _caption_cell(row[caption_key]),
+                            "image_id": row[id_key] if id_key else image})
+    return records, root
+
+
+def _read_rows(path: Path, fmt: Optional[str], delimiter: Optional[str]) -> List[Mapping[str, Any]]:
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt == "json":
+        data = _read_json(path, "caption_custom", CUSTOM_FORMAT)
+        if isinstance(data, Mapping) and isinstance(data.get("annotations"), list):
+            data = data["annotations"]
+        if not isinstance(data, list):
+            raise ValueError(f"caption_custom: {path} holds a {type(data).__name__}; expected {CUSTOM_FORMAT}")
+        return data
+    if fmt == "jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"caption_custom: {path} line {n} is not valid JSON ({err})") from None
+        return rows
+    if fmt in ("csv", "tsv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f, delimiter=delimiter or ("\t" if fmt == "tsv" else ",")))
+    raise ValueError(f"caption_custom: cannot tell the format of {path} (suffix '{path.suffix}'); "
+                     "name it .json/.jsonl/.csv/.tsv or set build_info.format")
+
+
+def _caption_cell(value: Any) -> Any:
+    """A caption cell: a string, a list, or (from CSV) a JSON-encoded list such as '["a", "b"]'."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(parsed, list):
+            return [str(c) for c in parsed]
+    return value
+
+
+def _require(record: Any, keys, path: Path, index: int, source: str, expected: str) -> None:
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{source}: record {index} of {path} is a {type(record).__name__}, not a mapping; expected {expected}")
+    for key in keys:
+        if record.get(key) in (None, ""):
+            raise ValueError(f"{source}: record {index} of {path} has no '{key}' "
+                             f"(it has: {', '.join(map(str, record)) or 'nothing'}); expected {expected}")
