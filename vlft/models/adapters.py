@@ -49,7 +49,7 @@ def _expand_unfreeze(model: nn.Module, entry: Mapping[str, Any]) -> List[str]:
         layers = entry.get("layers")
         container = dict(model.named_modules()).get(layers) if layers else None
         if container is None:  # allow a path relative to a wrapper (peft adds base_model.model.)
-            container = next((m for n, m in model.named_modules() if layers and n.endswith(layers)), None)
+            container = next((m for n, m in model.named_modules() if layers and n.endswith("." + layers)), None)
         if not isinstance(container, (nn.ModuleList, nn.Sequential)):
             raise ValueError(f"model.unfreeze: 'layers: {layers}' is not a layer list of {type(model).__name__}")
         n = len(container)

@@ -65,12 +65,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def model_state(model: nn.Module, full: bool = False) -> Dict[str, torch.Tensor]:
-    """The model's weights to save: trainable parameters and buffers, or everything."""
-    state = model.state_dict()
+def model_state(model: nn.Module, full: bool = False, state: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """The model's weights to save: trainable parameters and buffers, or everything.
+    ``state`` is the model's state dict when the caller already has it (e.g. gathered by DeepSpeed)."""
+    state = model.state_dict() if state is None else state
     if full:
         return state
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    # remove_duplicate=False: a tied weight (BLIP's decoder output = word embeddings) is
+    # frozen under every name it has, not only the first
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     return {k: v for k, v in state.items() if k not in frozen}
 
 

@@ -159,7 +159,8 @@ class RunnerBase:
         self.strategy.prepare(self.model, optimizer)
         n_all = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        logger.info("model %s: %.2fM parameters, %.2fM trainable", type(self.model).__name__, n_all / 1e6, n_train / 1e6)
+        logger.info("model %s: %s parameters, %s trainable (%.2f%%)", type(self.model).__name__, f"{n_all:,}",
+                    f"{n_train:,}", 100 * n_train / max(n_all, 1))
         self.progress_log = ProgressLogger(self.total_steps, run.log_freq, self.sinks, self.device)
         if resume_state is not None:
             self._restore(resume_state, resume)
@@ -311,11 +312,7 @@ class RunnerBase:
 
     # ------------------------------------------------------------------ checkpoints
     def _model_state(self, full: bool) -> Dict[str, torch.Tensor]:
-        state = self.strategy.model_state_dict()
-        if full:
-            return state
-        frozen = {n for n, p in self.strategy.module.named_parameters() if not p.requires_grad}
-        return {k: v for k, v in state.items() if k not in frozen}
+        return ckpt_io.model_state(self.strategy.module, full, state=self.strategy.model_state_dict())
 
     def save_resumable(self) -> Path:
         """Everything needed to continue exactly; every rank must call it (RNG states are gathered)."""

@@ -13,6 +13,8 @@ generated captions, and the LM loss uses label smoothing 0.1.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -55,23 +57,26 @@ def build_blip_config(cfg: Mapping[str, Any], tokenizer):
     return BlipConfig(text_config=text, vision_config=vision)
 
 
-def load_lavis_weights(hf_model: nn.Module, path: str) -> None:
-    """Load a LAVIS / original BLIP caption ``.pth`` into a transformers BLIP model."""
+def load_lavis_weights(hf_model: nn.Module, source) -> None:
+    """Load a LAVIS / original BLIP caption checkpoint (a ``.pth`` path or its loaded dict)
+    into a transformers BLIP model, reporting missing and unexpected keys."""
     from vlft.models.convert.lavis_blip import convert_lavis_blip_caption, interpolate_pos_embed
     from vlft.runners.checkpoint import read
 
-    raw = read(path)
+    raw = source if isinstance(source, Mapping) else read(source)
+    name = "checkpoint" if isinstance(source, Mapping) else str(source)
     state, dropped = convert_lavis_blip_caption(raw.get("model", raw))
     key = "vision_model.embeddings.position_embedding"
     own = hf_model.state_dict()
     if key in state and state[key].shape != own[key].shape:
         state[key] = interpolate_pos_embed(state[key], own[key].shape[1] - 1)
     result = hf_model.load_state_dict(state, strict=False)
-    logger.info("LAVIS checkpoint %s: %d tensors loaded, %d dropped (not used for captioning), missing %d: %s, "
-                "unexpected %d: %s", path, len(state) - len(result.unexpected_keys), len(dropped),
-                len(result.missing_keys), result.missing_keys[:5], len(result.unexpected_keys), result.unexpected_keys[:5])
     if result.unexpected_keys:
-        raise KeyError(f"{path}: keys with no place in BLIP: {result.unexpected_keys[:10]}")
+        raise KeyError(f"{name}: keys with no place in BLIP: {result.unexpected_keys[:10]}")
+    logger.info("LAVIS %s: %d tensors loaded, %d dropped (not used for captioning)", name, len(state), len(dropped))
+    if result.missing_keys:  # a partial load is legitimate (e.g. a ViT-only file) but must be visible
+        logger.warning("LAVIS %s lacks %d BLIP tensors, which keep their current values: %s%s", name,
+                       len(result.missing_keys), result.missing_keys[:5], " ..." if len(result.missing_keys) > 5 else "")
 
 
 @registry.register_model("blip_caption")
@@ -119,7 +124,7 @@ class BlipCaption(BaseModel):
         raw = read(path) if not isinstance(path, Mapping) else path
         state = raw.get("model", raw)
         if any(k.startswith(("visual_encoder.", "text_decoder.")) for k in state):
-            load_lavis_weights(self.blip, path)
+            load_lavis_weights(self.blip, raw)
             return [], []
         return load_model_weights(self, raw)
 
@@ -175,6 +180,13 @@ class BlipCaption(BaseModel):
 
         out = Path(out_dir)
         self.blip.save_pretrained(out)
+        # transformers' image-text-to-text pipeline adds max_new_tokens=256 unless the model's generation
+        # config sets a length, which runs past a small decoder's position table (IndexError). BLIP's
+        # generate() hands decoding to its text decoder, so this file's other values would be ignored.
+        generation = copy.deepcopy(self.blip.generation_config)
+        generation.max_length = min(inspect.signature(self.generate).parameters["max_length"].default,
+                                    self.blip.config.text_config.max_position_embeddings)
+        generation.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         size = self.blip.config.vision_config.image_size
         BlipImageProcessor(size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD)).save_pretrained(out)

@@ -28,7 +28,9 @@ _VISION_RULES: List[Tuple[str, str]] = [
 ]
 # LAVIS keys with no counterpart in a captioning model (e.g. from a pretraining checkpoint)
 _DROP = re.compile(r"^(text_encoder|vision_proj|text_proj|itm_head|temp|image_queue|text_queue|idx_queue|ptr_queue|"
-                   r"visual_encoder_m|text_encoder_m|vision_proj_m|text_proj_m|text_decoder_m)")
+                   r"visual_encoder_m|text_encoder_m|vision_proj_m|text_proj_m|text_decoder_m)"
+                   # BERT's position_ids: a saved buffer in LAVIS / BLIP, a non-persistent one in transformers
+                   r"|.*\.position_ids$")
 
 
 def lavis_to_hf_key(key: str) -> str:
