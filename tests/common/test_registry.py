@@ -48,3 +48,19 @@ def test_registry_holds_classes_only():
     with pytest.raises(TypeError):
         reg.register("x")(lambda: None)
     assert not hasattr(registry, "register_path") and not hasattr(registry, "get_path")
+
+
+def test_same_class_from_the_same_file_imported_twice_is_not_a_duplicate(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    src = tmp_path / "plug.py"
+    src.write_text("class Thing:\n    pass\n")
+    reg = Registry("model")
+    for name in ("plug_a", "plug_b"):  # one file, two module names (YAML imports + a plain import)
+        spec = importlib.util.spec_from_file_location(name, src)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        reg.register("thing")(module.Thing)
+    assert reg.get("thing").__qualname__ == "Thing"
