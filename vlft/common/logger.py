@@ -127,9 +127,12 @@ class ProgressLogger:
         done = step + 1 - (self.start_step or 0)
         rate = (time.time() - self.start_time) / max(done, 1)
         eta = fmt_seconds(rate * (self.total - step - 1))
-        mem = ""
         if self.device.type == "cuda":
             mem = f"  mem {human_bytes(torch.cuda.max_memory_allocated(self.device))}"
+        else:  # peak resident memory of this process (Linux reports KiB)
+            import resource
+
+            mem = f"  rss {human_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}"
         losses = "  ".join(f"{k} {v:.4f} ({self.meters[k].global_avg:.4f})" for k, v in values.items())
         logger.info(
             "step %d/%d  eta %s  %s  lr %.3e  time %.3fs  data %.3fs%s",
