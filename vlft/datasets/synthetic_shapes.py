@@ -26,10 +26,25 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, colour, box) -> None:
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=colour)
 
 
+def _objects(rng: random.Random) -> list:
+    return [(rng.choice(list(COLOURS)), rng.choice(SHAPES)) for _ in range(2)]
+
+
+def _caption(objects) -> str:
+    (c0, s0), (c1, s1) = objects
+    return f"a {c0} {s0} to the left of a {c1} {s1}"
+
+
+def scene_caption(index: int, seed: int = 0) -> str:
+    """The caption of scene ``index`` without drawing its image (the first draws of the
+    scene's RNG decide the objects)."""
+    return _caption(_objects(random.Random(seed * 1_000_003 + index)))
+
+
 def make_scene(index: int, seed: int = 0, image_size: int = 64) -> dict:
     """Image, caption and left-object class of scene ``index``."""
     rng = random.Random(seed * 1_000_003 + index)
-    objects = [(rng.choice(list(COLOURS)), rng.choice(SHAPES)) for _ in range(2)]
+    objects = _objects(rng)
     image = Image.new("RGB", (image_size, image_size), tuple(rng.randint(225, 255) for _ in range(3)))
     draw = ImageDraw.Draw(image)
     half = image_size // 2
@@ -38,12 +53,8 @@ def make_scene(index: int, seed: int = 0, image_size: int = 64) -> dict:
         x0 = slot * half + rng.randint(1, max(half - size - 1, 1))
         y0 = rng.randint(1, image_size - size - 1)
         _draw(draw, shape, COLOURS[colour], (x0, y0, x0 + size, y0 + size))
-    (c0, s0), (c1, s1) = objects
-    return {
-        "image": image,
-        "caption": f"a {c0} {s0} to the left of a {c1} {s1}",
-        "label": CLASSES.index(f"{c0} {s0}"),
-    }
+    (c0, s0), _ = objects
+    return {"image": image, "caption": _caption(objects), "label": CLASSES.index(f"{c0} {s0}")}
 
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
@@ -60,7 +71,7 @@ def shapes_tokenizer(extra_text=("a picture of",)):
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    corpus = [make_scene(i)["caption"] for i in range(200)] + list(extra_text)
+    corpus = [scene_caption(i) for i in range(200)] + list(extra_text)
     corpus += [f"a {c} {s}" for c in COLOURS for s in SHAPES]  # every word, whatever the sample
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 
 from vlft.common.registry import registry
 from vlft.datasets.builders.base_dataset_builder import BaseDatasetBuilder
-from vlft.datasets.synthetic_shapes import make_scene
+from vlft.datasets.synthetic_shapes import make_scene, scene_caption
 
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}  # disjoint scenes per split
 
@@ -33,8 +33,7 @@ class ShapesDataset(Dataset):
 
     def ground_truth(self) -> dict:
         """Reference captions by image id (for the captioning metrics)."""
-        return {f"shapes_{self.offset + i}": [make_scene(self.offset + i, self.seed, self.image_size)["caption"]]
-                for i in range(self.num_samples)}
+        return {f"shapes_{self.offset + i}": [scene_caption(self.offset + i, self.seed)] for i in range(self.num_samples)}
 
 
 @registry.register_builder("synthetic_shapes")
