@@ -7,7 +7,7 @@ blue square". Nothing is downloaded; images are drawn with PIL on the fly.
 from __future__ import annotations
 
 import random
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -39,6 +39,24 @@ def scene_caption(index: int, seed: int = 0) -> str:
     """The caption of scene ``index`` without drawing its image (the first draws of the
     scene's RNG decide the objects)."""
     return _caption(_objects(random.Random(seed * 1_000_003 + index)))
+
+
+def scene_questions(index: int, seed: int = 0) -> List[Tuple[str, str]]:
+    """Questions about scene ``index`` and their answers (the synthetic VQA data)."""
+    (c0, s0), (c1, s1) = _objects(random.Random(seed * 1_000_003 + index))
+    return [
+        ("what colour is the left shape?", c0),
+        ("what shape is on the right?", s1),
+        (f"is there a {c1} {s1}?", "yes"),
+        (f"is the left shape a {s1}?", "yes" if s0 == s1 else "no"),
+    ]
+
+
+#: every word of the synthetic questions, answers and the usual BLIP / BLIP-2 prompts
+QA_TEXT = (
+    "what colour is the left shape ? what shape is on the right ? is there a is the left shape a "
+    "yes no question : short answer : a photo of a picture of"
+)
 
 
 def make_scene(index: int, seed: int = 0, image_size: int = 64) -> dict:
@@ -78,3 +96,29 @@ def shapes_tokenizer(extra_text=("a picture of",)):
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", bos_token="[DEC]")
+
+
+def shapes_lm_tokenizer(style: str = "opt"):
+    """A word-level tokenizer over the synthetic captions, questions and prompts for the
+    ``tiny`` BLIP-2 language models, with the special tokens of the real ones:
+    ``opt`` as OPT's (``</s>`` is bos and eos, prepended to every text, ``<pad>``) and
+    ``t5`` as T5's (``<pad>`` = 0 also starts the decoder, ``</s>`` appended)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if style not in ("opt", "t5"):
+        raise ValueError(f"shapes_lm_tokenizer style must be 'opt' or 't5', got {style!r}")
+    specials = ["<s>", "<pad>", "</s>", "<unk>"] if style == "opt" else ["<pad>", "</s>", "<unk>"]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [scene_caption(i) for i in range(200)] + [QA_TEXT, "0 1 2 3 4 5 6 7 8 9 . ,"]
+    corpus += [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1))
+    eos_id = tok.token_to_id("</s>")
+    if style == "opt":
+        tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", eos_id)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                       unk_token="<unk>")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")

@@ -30,12 +30,13 @@ _TORCH_CKPT = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def load_tokenizer(name: str):
-    """``shapes`` (the demo's word-level tokenizer) or a HF tokenizer id / directory.
-    A BERT tokenizer gets BLIP's [DEC] start token if it lacks one (as LAVIS adds it)."""
-    if name == "shapes":
-        from vlft.datasets.synthetic_shapes import shapes_tokenizer
+    """``shapes`` (the demo's word-level tokenizer), ``shapes_qa`` (the same plus the
+    synthetic questions' words) or a HF tokenizer id / directory. A BERT tokenizer gets
+    BLIP's [DEC] start token if it lacks one (as LAVIS adds it)."""
+    if name in ("shapes", "shapes_qa"):
+        from vlft.datasets.synthetic_shapes import QA_TEXT, shapes_tokenizer
 
-        return shapes_tokenizer()
+        return shapes_tokenizer() if name == "shapes" else shapes_tokenizer(extra_text=("a picture of", QA_TEXT))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name)
