@@ -117,6 +117,45 @@ def all_reduce_any(flag: torch.Tensor) -> torch.Tensor:
     return flag.bool()
 
 
+def _sizes(n: int, device) -> List[int]:
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(get_world_size())]
+    dist.all_gather(sizes, torch.tensor([n], dtype=torch.long, device=device))
+    return [int(x) for x in sizes]
+
+
+def batch_offset(n: int, device=None) -> int:
+    """Where this rank's ``n`` rows start in a :func:`gather_tensors` result."""
+    if not is_dist() or get_world_size() == 1:
+        return 0
+    return sum(_sizes(n, device or "cpu")[: get_rank()])
+
+
+def gather_tensors(tensor: torch.Tensor, with_grad: bool = False) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated on dim 0 (the first dimension may differ
+    between ranks, e.g. the last evaluation batch). With ``with_grad`` the gradient
+    flows back to each rank's own slice (contrastive losses over the global batch);
+    without it the result is detached."""
+    if not is_dist() or get_world_size() == 1:
+        return tensor
+    sizes = _sizes(tensor.shape[0], tensor.device)
+    padded = torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+    if with_grad:
+        import torch.distributed.nn.functional as dist_nn
+
+        parts = dist_nn.all_gather(padded.contiguous())
+    else:
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.detach().contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over ranks (in place; returns ``tensor``)."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def destroy() -> None:
     if is_dist():
         dist.destroy_process_group()

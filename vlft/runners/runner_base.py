@@ -270,7 +270,7 @@ class RunnerBase:
                 autocast = self.strategy.autocast() if self.strategy else torch.autocast(self.device.type, enabled=False)
                 batches = _OnDevice(loader, self.device)
                 with autocast:
-                    results = self.task.evaluation(module, batches)
+                    results = self.task.evaluation(module, batches, dataset=ds_splits[split])
                 if batches.skipped:
                     logger.warning("%s/%s: %d unreadable sample(s) skipped on this rank", ds_name, split, batches.skipped)
                 metrics = None

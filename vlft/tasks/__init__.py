@@ -1,5 +1,8 @@
 from vlft.tasks.base_task import BaseTask
 from vlft.tasks.captioning import CaptionTask
 from vlft.tasks.classification import ClassificationTask
+from vlft.tasks.image_text_pretrain import ImageTextPretrainTask
+from vlft.tasks.retrieval import RetrievalTask
+from vlft.tasks.vqa import VQATask
 
-__all__ = ["BaseTask", "CaptionTask", "ClassificationTask"]
+__all__ = ["BaseTask", "CaptionTask", "ClassificationTask", "ImageTextPretrainTask", "RetrievalTask", "VQATask"]

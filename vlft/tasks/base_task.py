@@ -63,8 +63,9 @@ class BaseTask:
         raise NotImplementedError(f"{type(self).__name__} does not implement valid_step")
 
     @torch.no_grad()
-    def evaluation(self, model, data_loader: Iterable, progress=None) -> List[Dict[str, Any]]:
-        """Run ``valid_step`` over this rank's shard; return every rank's results, de-duplicated."""
+    def evaluation(self, model, data_loader: Iterable, progress=None, dataset=None) -> List[Dict[str, Any]]:
+        """Run ``valid_step`` over this rank's shard; return every rank's results, de-duplicated.
+        ``dataset`` is the whole split (the loader holds this rank's shard of it)."""
         results: List[Dict[str, Any]] = []
         for samples in (progress(data_loader) if progress else data_loader):
             results.extend(self.valid_step(model, samples))

@@ -5,7 +5,13 @@ from vlft.datasets.builders.caption_builders import (
     HFCaptionBuilder,
     WebDatasetCaptionBuilder,
 )
+from vlft.datasets.builders.retrieval_builders import (
+    COCORetrievalBuilder,
+    CustomRetrievalBuilder,
+    Flickr30kBuilder,
+)
 from vlft.datasets.builders.synthetic_shapes import SyntheticShapesBuilder
+from vlft.datasets.builders.vqa_builders import COCOVQABuilder, CustomVQABuilder
 
 __all__ = [
     "BaseDatasetBuilder",
@@ -14,4 +20,9 @@ __all__ = [
     "CustomCaptionBuilder",
     "HFCaptionBuilder",
     "WebDatasetCaptionBuilder",
+    "COCORetrievalBuilder",
+    "Flickr30kBuilder",
+    "CustomRetrievalBuilder",
+    "COCOVQABuilder",
+    "CustomVQABuilder",
 ]

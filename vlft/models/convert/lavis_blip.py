@@ -81,3 +81,26 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, num_patches: int) -> torch.Te
     grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim).to(pos_embed.dtype)
     return torch.cat([cls_pos, grid], dim=1)
+
+
+# ---------------------------------------------------------------- BLIP VQA
+# LAVIS ``blip_vqa`` adds a question encoder under ``text_encoder.``: a BERT with cross-attention
+# to the image whose names (``embeddings.*``, ``encoder.layer.N.{attention,crossattention,
+# intermediate,output}.*``) transformers' ``BlipForQuestionAnswering.text_encoder`` (a
+# ``BlipTextModel``) uses unchanged, so only the ViT is renamed; ``text_decoder.*`` also keeps
+# its names. What a VQA model has no place for (ITC / ITM heads, momentum copies, queues) is dropped.
+_DROP_VQA = re.compile(r"^(vision_proj|text_proj|itm_head|temp|image_queue|text_queue|idx_queue|ptr_queue|"
+                       r"visual_encoder_m|text_encoder_m|vision_proj_m|text_proj_m|text_decoder_m)(\.|$)"
+                       r"|.*\.position_ids$")
+
+
+def convert_lavis_blip_vqa(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Rename a LAVIS ``blip_vqa`` state dict (``{"model": ...}`` unwrapped by the caller) to
+    transformers' ``BlipForQuestionAnswering`` names; returns (state, dropped keys)."""
+    out, dropped = {}, []
+    for key, value in state.items():
+        if _DROP_VQA.match(key):
+            dropped.append(key)
+            continue
+        out[lavis_to_hf_key(key)] = value
+    return out, dropped

@@ -1,0 +1,259 @@
+"""BLIP-2 stage 2: the Q-Former's queries as a soft prompt to a frozen language model
+(``blip2_opt``, ``blip2_t5``).
+
+Built on transformers' ``Blip2ForConditionalGeneration`` (attribute ``blip2``): its
+ViT, query tokens, Q-Former, ``language_projection`` and ``language_model``. vlft
+computes the language model's inputs itself, as LAVIS does, so training and decoding
+need no image placeholder tokens; ``save_hf`` adds them for transformers' processor.
+
+LAVIS semantics kept:
+
+- Decoder-only (OPT): ``[queries; source + target + end]``, where ``end`` is "\\n" when
+  the tokenizer has a token for it (LAVIS ends OPT captions with it and stops decoding
+  there), else the eos token; the queries, the source and the padding are excluded from
+  the loss.
+- Encoder-decoder (T5): the encoder reads ``[queries; source]``, the decoder learns the
+  target.
+- Source and target: captions (``text_input`` only) are learned after ``prompt`` (a
+  caption that already starts with the prompt, as a ``blip_caption`` processor with a
+  ``prompt`` makes it, is not prompted twice); question answering and instruction data
+  (``text_output`` present) learn ``text_output`` after ``prompt.format(text_input)``.
+- The frozen language model may be held in fp16 / bf16 (``llm_precision``); LoRA on it
+  comes from the generic ``model.peft`` section (e.g. ``q_proj``/``v_proj`` for OPT,
+  ``q``/``v`` for T5).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlft.models.blip2.blip2_qformer import (Blip2Base, build_qformer_config, hf_source, init_query_tokens,
+                                             load_pretrained_blip2, prepare_vit)
+
+logger = logging.getLogger(__name__)
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_lm_tokenizer(name: str):
+    """``shapes_opt`` / ``shapes_t5`` (the tiny models' word-level tokenizers) or a HF id / directory."""
+    if name in ("shapes_opt", "shapes_t5"):
+        from vlft.datasets.synthetic_shapes import shapes_lm_tokenizer
+
+        return shapes_lm_tokenizer(name.split("_")[1])
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name, use_fast=True)
+
+
+class Blip2LM(Blip2Base):
+    #: the ``model:`` key naming the language model (``opt_model`` / ``t5_model``)
+    llm_key = ""
+
+    def __init__(self, blip2: nn.Module, tokenizer, prompt: str = "", max_txt_len: int = 32,
+                 max_output_txt_len: int = 256):
+        super().__init__()
+        self.blip2 = blip2
+        self.tokenizer = tokenizer
+        self.prompt = prompt or ""
+        self.max_txt_len, self.max_output_txt_len = max_txt_len, max_output_txt_len
+        self.decoder_only = bool(blip2.config.use_decoder_only_language_model)
+        newline = tokenizer("\n", add_special_tokens=False).input_ids
+        self.end_text = "\n" if len(newline) == 1 and tokenizer.decode(newline) == "\n" else (tokenizer.eos_token or "")
+        self.end_id = newline[0] if self.end_text == "\n" else tokenizer.eos_token_id
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]):
+        from transformers import AutoConfig, Blip2ForConditionalGeneration
+
+        source = hf_source(cfg)
+        llm = cfg.get(cls.llm_key)
+        tokenizer = load_lm_tokenizer(cfg.get("llm_tokenizer") or source or llm)
+        remote = bool(cfg.get("trust_remote_code", False))
+        if source:
+            blip2 = Blip2ForConditionalGeneration.from_pretrained(source, trust_remote_code=remote)
+        else:
+            text_config = dict(cfg["text_config"]) if cfg.get("text_config") else \
+                AutoConfig.from_pretrained(llm, trust_remote_code=remote).to_dict()
+            blip2 = Blip2ForConditionalGeneration(build_qformer_config({**cfg, "text_config": text_config}, None, text_input=False))
+            init_query_tokens(blip2)
+            if llm and not cfg.get("text_config"):
+                blip2.language_model = cls.load_language_model(llm, remote)
+        model = cls(blip2, tokenizer, prompt=cfg.get("prompt", ""), max_txt_len=cfg.get("max_txt_len", 32),
+                    max_output_txt_len=cfg.get("max_output_txt_len", 256))
+        load_pretrained_blip2(model, cfg)
+        prepare_vit(cfg, blip2.vision_model)
+        if cfg.get("freeze_llm", True):
+            model.freeze_language_model(str(cfg.get("llm_precision", "fp32")))
+        return model
+
+    @staticmethod
+    def load_language_model(name: str, trust_remote_code: bool) -> nn.Module:
+        raise NotImplementedError
+
+    def freeze_language_model(self, precision: str = "fp32") -> None:
+        """As LAVIS: the language model is never trained in stage 2 (LoRA adds to it);
+        held in ``precision`` (``fp32`` | ``fp16`` | ``bf16``)."""
+        if precision not in _DTYPES:
+            raise ValueError(f"llm_precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
+        lm = self.blip2.language_model
+        lm.requires_grad_(False)
+        lm.to(_DTYPES[precision])
+
+    # ------------------------------------------------------------------ inputs
+    def query_embeds(self, image: torch.Tensor) -> torch.Tensor:
+        """The queries' Q-Former output projected into the language model's embedding space."""
+        vit = self.blip2.vision_model(pixel_values=image).last_hidden_state
+        queries = self.blip2.query_tokens.expand(vit.shape[0], -1, -1)
+        out = self.blip2.qformer(query_embeds=queries, encoder_hidden_states=vit,
+                                 encoder_attention_mask=torch.ones(vit.shape[:-1], dtype=torch.long, device=vit.device))
+        return self.blip2.language_projection(out.last_hidden_state)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.blip2.language_model.get_input_embeddings()(ids)
+
+    def sources_targets(self, samples: Mapping[str, Any], prompt: Optional[str] = None):
+        """``(sources, targets)`` for a batch (see the module docstring)."""
+        prompt = self.prompt if prompt is None else prompt
+        if samples.get("text_output") is not None:
+            return [self.format_prompt(q, prompt) for q in samples["text_input"]], list(samples["text_output"])
+        stripped = prompt.strip()
+        targets = [t[len(stripped):].lstrip() if stripped and t.startswith(stripped) else t for t in samples["text_input"]]
+        return [prompt] * len(targets), targets
+
+    @staticmethod
+    def format_prompt(text: str, prompt: str) -> str:
+        return prompt.format(text) if "{}" in prompt else (f"{prompt}{text}" if prompt else text)
+
+    def _tokens(self, texts: Sequence[str], side: str, max_length: int, special: bool = True):
+        return self.tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length,
+                              padding_side=side, add_special_tokens=special, return_tensors="pt").to(self.device)
+
+    def lm_inputs(self, query: torch.Tensor, sources: Sequence[str], targets: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """The language model's keyword arguments with ``labels`` (-100 where not learned)."""
+        n, q = query.shape[:2]
+        ones = torch.ones(n, q, dtype=torch.long, device=query.device)
+        dtype = self.embed(torch.zeros(1, 1, dtype=torch.long, device=query.device)).dtype
+        if self.decoder_only:
+            joined = [s + (" " if s and t and not s[-1].isspace() else "") + t + self.end_text for s, t in zip(sources, targets)]
+            tok = self._tokens(joined, "right", self.max_txt_len)
+            labels = tok.input_ids.masked_fill(tok.attention_mask == 0, -100)
+            for i, s in enumerate(sources):
+                labels[i, : len(self.tokenizer(s).input_ids)] = -100
+            embeds = torch.cat([query.to(dtype), self.embed(tok.input_ids)], 1)
+            return {"inputs_embeds": embeds, "attention_mask": torch.cat([ones, tok.attention_mask], 1),
+                    "labels": torch.cat([torch.full_like(ones, -100), labels], 1)}
+        src = self._tokens(sources, "right", self.max_txt_len)
+        tgt = self._tokens(targets, "right", self.max_output_txt_len)
+        return {"inputs_embeds": torch.cat([query.to(dtype), self.embed(src.input_ids)], 1),
+                "attention_mask": torch.cat([ones, src.attention_mask], 1),
+                "decoder_attention_mask": tgt.attention_mask,
+                "labels": tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)}
+
+    # ------------------------------------------------------------------ training
+    def forward(self, samples: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+        sources, targets = self.sources_targets(samples)
+        out = self.blip2.language_model(**self.lm_inputs(self.query_embeds(samples["image"]), sources, targets))
+        return {"loss": out.loss}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, samples: Mapping[str, Any], use_nucleus_sampling: bool = False, num_beams: int = 5,
+                 max_length: int = 30, min_length: int = 1, top_p: float = 0.9, repetition_penalty: float = 1.0,
+                 length_penalty: float = 1.0, num_captions: int = 1, temperature: float = 1.0,
+                 prompt: Optional[str] = None) -> List[str]:
+        """Text for ``samples["image"]`` after ``prompt`` (default the model's; a
+        ``samples["prompt"]`` list gives one per image). Lengths count new tokens."""
+        image = samples["image"]
+        prompts = samples.get("prompt") or [self.prompt if prompt is None else prompt] * image.shape[0]
+        return self._generate(image, list(prompts), dict(
+            num_beams=max(num_beams, num_captions) if not use_nucleus_sampling else 1, do_sample=use_nucleus_sampling,
+            top_p=top_p, temperature=temperature, max_new_tokens=max_length, min_new_tokens=min_length,
+            repetition_penalty=repetition_penalty, length_penalty=length_penalty, num_return_sequences=num_captions))
+
+    def _generate(self, image: torch.Tensor, sources: List[str], decoding: Dict[str, Any]) -> List[str]:
+        query = self.query_embeds(image)
+        ones = torch.ones(query.shape[:2], dtype=torch.long, device=query.device)
+        src = self._tokens(sources, "left" if self.decoder_only else "right", self.max_txt_len)
+        embeds = torch.cat([query.to(self.embed(src.input_ids).dtype), self.embed(src.input_ids)], 1)
+        if not decoding.get("do_sample"):
+            decoding = {k: v for k, v in decoding.items() if k not in ("top_p", "temperature")}
+        out = self.blip2.language_model.generate(
+            inputs_embeds=embeds, attention_mask=torch.cat([ones, src.attention_mask], 1),
+            eos_token_id=self.end_id, pad_token_id=self.tokenizer.pad_token_id, **decoding)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def predict_answers(self, samples: Mapping[str, Any], inference_method: str = "generate", num_beams: int = 5,
+                        max_len: int = 10, min_len: int = 1, answer_list: Optional[Sequence[str]] = None,
+                        num_ans_candidates: int = 128, prompt: Optional[str] = None, length_penalty: float = -1.0,
+                        **unused) -> List[str]:
+        """Short answers to ``samples["text_input"]`` (questions), each put into ``prompt``
+        (e.g. "Question: {} Short answer:"). ``rank`` picks the candidate of
+        ``answer_list`` with the highest log-likelihood (every candidate is scored;
+        ``num_ans_candidates`` is not used by this model)."""
+        prompt = self.prompt if prompt is None else prompt
+        sources = [self.format_prompt(q, prompt) for q in samples["text_input"]]
+        if inference_method == "generate":
+            return self._generate(samples["image"], sources, dict(num_beams=num_beams, max_new_tokens=max_len,
+                                                                   min_new_tokens=min_len, length_penalty=length_penalty))
+        if inference_method != "rank":
+            raise ValueError(f"inference_method must be 'generate' or 'rank', got {inference_method!r}")
+        if not answer_list:
+            raise ValueError("inference_method 'rank' needs an answer_list (the dataset's answer_list or run.answer_list)")
+        scores = self.candidate_logprobs(samples["image"], sources, list(answer_list))
+        return [answer_list[i] for i in scores.argmax(1).tolist()]
+
+    @torch.no_grad()
+    def candidate_logprobs(self, image: torch.Tensor, sources: List[str], candidates: List[str],
+                           chunk: int = 256) -> torch.Tensor:
+        """[B, C] summed token log-probabilities of each candidate after each source."""
+        query = self.query_embeds(image)
+        b, c = len(sources), len(candidates)
+        rows = [(i, j) for i in range(b) for j in range(c)]
+        scores = torch.empty(b * c, device=query.device)
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            inputs = self.lm_inputs(query[[i for i, _ in part]], [sources[i] for i, _ in part], [candidates[j] for _, j in part])
+            labels = inputs["labels"]  # T5 derives its decoder inputs from them
+            logits = self.blip2.language_model(**inputs).logits.float()
+            if self.decoder_only:
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            logp = F.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+            scores[start:start + len(part)] = (logp * (labels != -100)).sum(-1)
+        return scores.view(b, c)
+
+    # ------------------------------------------------------------------ export
+    def save_hf(self, out_dir: str) -> Path:
+        """transformers' ``Blip2ForConditionalGeneration`` with a ``Blip2Processor``: an
+        ``<image>`` token is added (the embedding table grows by one row if needed) and
+        the processor puts ``num_query_tokens`` of them before the text, which is where
+        this model puts the queries."""
+        import copy
+
+        from transformers import Blip2Processor, BlipImageProcessor
+
+        from vlft.processors.image import CLIP_MEAN, CLIP_STD
+
+        out = Path(out_dir)
+        blip2, tokenizer = copy.deepcopy(self.blip2), copy.deepcopy(self.tokenizer)
+        if "<image>" not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+        image_id = tokenizer.convert_tokens_to_ids("<image>")
+        if image_id >= blip2.language_model.get_input_embeddings().num_embeddings:
+            blip2.language_model.resize_token_embeddings(image_id + 1)
+        blip2.config.image_token_id = image_id
+        blip2.config.text_config.vocab_size = blip2.language_model.get_input_embeddings().num_embeddings
+        blip2.generation_config.eos_token_id = self.end_id
+        blip2.generation_config.pad_token_id = tokenizer.pad_token_id
+        blip2.save_pretrained(out)
+        size = blip2.config.vision_config.image_size
+        image_processor = BlipImageProcessor(size={"height": size, "width": size}, image_mean=list(CLIP_MEAN),
+                                             image_std=list(CLIP_STD))
+        Blip2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                       num_query_tokens=blip2.config.num_query_tokens).save_pretrained(out)
+        return out
