@@ -62,11 +62,12 @@ def setup(args: argparse.Namespace, evaluate_only: bool = False):
         options.append(f"run.resume_ckpt_path={args.resume}")
     cfg = Config(cfg_path=args.cfg_path, options=options)
     dist.init_distributed(cfg.run_cfg)
-    set_seed(cfg.run_cfg.seed + dist.get_rank())
     job_id = dist.broadcast_object(new_job_id(cfg.run_cfg.output_dir) if dist.is_main_process() else None)
     task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
     datasets = task.build_datasets(cfg)
+    set_seed(cfg.run_cfg.seed)  # the same seed on every rank: freshly initialised weights agree
     model = task.build_model(cfg)
+    set_seed(cfg.run_cfg.seed + dist.get_rank())  # then each rank its own random stream
     runner_cls = registry.get_runner_class(cfg.run_cfg.runner)
     return runner_cls(cfg, task, model, datasets, job_id=job_id, run_dir=run_dir_for(cfg, job_id, evaluate_only))
 

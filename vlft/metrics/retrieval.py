@@ -11,8 +11,8 @@ Two differences from LAVIS's retrieval task:
   comes first depends on numpy's sort. Here the order is that of a stable sort on
   the negated scores: of two equal scores the lower index ranks first, so a
   ground-truth item tied with an item before it ranks below it.
-- ``agg_metrics`` (what checkpoint selection maximises) is ``r_mean``, the mean of
-  both directions; LAVIS uses ``txt_r_mean``, image -> text only.
+- ``agg_metrics`` (what checkpoint selection maximises) is ``txt_r_mean``
+  (image -> text), as LAVIS reports it; ``r_mean`` averages both directions.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def retrieval_metrics(
     text indices of image ``i``; ``txt2img[t]`` is the image index of text ``t`` (lists
     or dicts keyed 0..n-1, as LAVIS's datasets build them). Returns ``txt_r1``,
     ``txt_r5``, ``txt_r10``, ``txt_r_mean`` (image -> text), ``img_r1`` .. ``img_r_mean``
-    (text -> image), ``r_mean`` (mean of the two means) and ``agg_metrics`` (= ``r_mean``).
+    (text -> image), ``r_mean`` (mean of the two means) and ``agg_metrics`` (= ``txt_r_mean``, as LAVIS).
     """
     i2t = _as_matrix(score_i2t, "score_i2t")
     t2i = _as_matrix(score_t2i, "score_t2i")
@@ -120,5 +120,5 @@ def retrieval_metrics(
 
     scores = {**_recalls(image_ranks, "txt"), **_recalls(text_ranks, "img")}
     scores["r_mean"] = (scores["txt_r_mean"] + scores["img_r_mean"]) / 2
-    scores["agg_metrics"] = scores["r_mean"]
+    scores["agg_metrics"] = scores["txt_r_mean"]
     return scores

@@ -2,8 +2,8 @@
 
 For every image the ``k_test`` texts most similar by ITC (and for every text the
 ``k_test`` most similar images) are re-scored with ``ITM match probability + ITC
-similarity``; every other pair keeps -100. Recall@1/5/10 both ways, their means and
-``r_mean = agg_metrics`` come from ``vlft.metrics.retrieval``.
+similarity``; every other pair keeps -100. Recall@1/5/10 both ways, their means,
+``r_mean`` and ``agg_metrics = txt_r_mean`` (as LAVIS) come from ``vlft.metrics.retrieval``.
 
 Distributed: each rank embeds its shard of the images and of the texts; the small
 projected features are gathered, so every rank has the full ITC matrix; a rank then
@@ -92,11 +92,13 @@ class RetrievalTask(BaseTask):
             which = torch.tensor([w for _, _, w in part], device=device)
             score_i2t[img[which == 0], txt[which == 0]] = score[which == 0]
             score_t2i[txt[which == 1], img[which == 1]] = score[which == 1]
-        # unset entries are -100 on every rank but the one that scored them
-        for matrix in (score_i2t, score_t2i) if dist.is_dist() else ():
-            matrix += 100.0
-            dist.all_reduce_sum(matrix)
-            matrix -= 100.0
+        if dist.is_dist():  # each pair was scored on exactly one rank: sum the scored values, exactly
+            for matrix in (score_i2t, score_t2i):
+                scored = (matrix != -100.0).float()
+                values = matrix * scored
+                dist.all_reduce_sum(values)
+                dist.all_reduce_sum(scored)
+                matrix.copy_(torch.where(scored > 0, values, torch.full_like(values, -100.0)))
         return [{"score_i2t": score_i2t.cpu().numpy(), "score_t2i": score_t2i.cpu().numpy()}]
 
     def _text_features(self, model, texts: List[str]) -> Dict[str, torch.Tensor]:

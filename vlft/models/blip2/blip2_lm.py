@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlft.models.blip2.blip2_qformer import (Blip2Base, build_qformer_config, hf_source, init_query_tokens,
-                                             load_pretrained_blip2, prepare_vit)
+from vlft.models.blip2.blip2_qformer import (Blip2Base, build_qformer_config, hf_source, init_parts,
+                                             init_query_tokens, load_pretrained_blip2, prepare_vit)
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -85,6 +85,8 @@ class Blip2LM(Blip2Base):
                 blip2.language_model = cls.load_language_model(llm, remote)
         model = cls(blip2, tokenizer, prompt=cfg.get("prompt", ""), max_txt_len=cfg.get("max_txt_len", 32),
                     max_output_txt_len=cfg.get("max_output_txt_len", 256))
+        if not source:
+            init_parts(model, cfg)
         load_pretrained_blip2(model, cfg)
         prepare_vit(cfg, blip2.vision_model)
         if cfg.get("freeze_llm", True):

@@ -79,6 +79,23 @@ def init_query_tokens(blip2: nn.Module) -> None:
         blip2.query_tokens.normal_(0.0, blip2.config.qformer_config.initializer_range)
 
 
+def init_parts(model: nn.Module, cfg: Mapping[str, Any]) -> None:
+    """The starting points of a model trained from its parts, as LAVIS's stage 1:
+    ``vit_pretrained`` (EVA-CLIP's ViT as LAVIS ships it, ``eva_vit_g.pth``) and
+    ``qformer_init`` (a BERT id or directory for the Q-Former's self-attention, FFNs and
+    embeddings; the cross-attention starts fresh)."""
+    from vlft.common.utils import resolve_data_path
+    from vlft.models.convert import lavis_blip2
+
+    if cfg.get("vit_pretrained"):
+        lavis_blip2.load_eva_vit(model.blip2.vision_model, str(resolve_data_path(cfg["vit_pretrained"])))
+    if cfg.get("qformer_init"):
+        if not hasattr(model.blip2, "embeddings"):
+            raise ValueError("model.qformer_init initialises a stage-1 Q-Former (blip2); a stage-2 model starts "
+                             "from a stage-1 checkpoint (model.pretrained) instead")
+        lavis_blip2.init_qformer_from_bert(model.blip2, str(cfg["qformer_init"]), itg_head=getattr(model, "itg_head", None))
+
+
 def prepare_vit(model_cfg: Mapping[str, Any], vision_model: nn.Module) -> None:
     from vlft.models.eva_vit import prepare_vision_encoder
 
@@ -164,6 +181,8 @@ class Blip2Qformer(Blip2Base):
             blip2 = Blip2ForImageTextRetrieval(build_qformer_config(cfg, tokenizer))
             init_query_tokens(blip2)
         model = cls(blip2, tokenizer, max_txt_len=cfg.get("max_txt_len", 32))
+        if not source:
+            init_parts(model, cfg)
         load_pretrained_blip2(model, cfg)
         prepare_vit(cfg, blip2.vision_model)
         return model

@@ -279,3 +279,213 @@ def load_lavis_blip2(model: nn.Module, source: Union[str, os.PathLike, Mapping],
         logger.warning("%s lacks %d of %s's tensors, which keep their current values: %s%s", name, len(missing),
                        type(model).__name__, missing[:5], " ..." if len(missing) > 5 else "")
     return report
+
+
+# --------------------------------------------------------------------------- initial weights
+# How LAVIS starts a BLIP-2 pre-training run: the ViT from EVA-CLIP's weights
+# (``eva_vit_g.pth``), the Q-Former from ``bert-base-uncased``.
+
+_EVA_KEEP = ("visual_encoder.", "ln_vision.")  # names that already have LAVIS's BLIP-2 prefix
+_VISION_PREFIX = "vision_model."
+
+
+def _unwrap(raw: Mapping) -> Mapping:
+    return raw["model"] if isinstance(raw.get("model"), Mapping) else raw
+
+
+def load_eva_vit(vision_model: nn.Module, source: Union[str, os.PathLike, Mapping]) -> LoadReport:
+    """Load EVA-CLIP ViT weights as LAVIS ships them (``eva_vit_g.pth``: a bare state dict
+    with ``cls_token``, ``pos_embed``, ``patch_embed.proj.*`` and ``blocks.N.*``) into a
+    transformers ``Blip2VisionModel``, on top of its current weights.
+
+    The names go through the BLIP-2 key map (as ``visual_encoder.*``), so q / v biases
+    become the fused ``qkv.bias`` and the position embedding is resized bicubically when
+    the image size differs. As LAVIS (depth 39, non-strict load) does, blocks beyond the
+    model's depth and the final ``norm`` / ``head`` are reported as unexpected (under
+    their names in the file), not an error; ``post_layernorm`` (LAVIS's ``ln_vision``,
+    which the file lacks) is reported missing and keeps its initialisation. Missing
+    names are ``vision_model``'s own. Other shape differences raise ValueError.
+    """
+    from vlft.runners.checkpoint import read
+
+    name = "state dict" if isinstance(source, Mapping) else str(source)
+    state = _unwrap(source if isinstance(source, Mapping) else read(source))
+    lavis: Dict[str, torch.Tensor] = {}
+    origin: Dict[str, List[str]] = {}  # converted name -> names in the file
+    for key, value in state.items():
+        lavis_key = key if key.startswith(_EVA_KEEP) else "visual_encoder." + key
+        lavis[lavis_key] = value
+        match = _QV_BIAS.match(lavis_key)
+        new = (f"vision_model.encoder.layers.{match.group(1)}.self_attn.qkv.bias" if match
+               else lavis_to_vlft_key(lavis_key, prefix="") or lavis_key)
+        origin.setdefault(new, []).append(key)
+    converted, dropped = convert_lavis_blip2(lavis, prefix="")
+    dropped = [k[len("visual_encoder."):] if k.startswith("visual_encoder.") and k[len("visual_encoder."):] in state else k
+               for k in dropped]
+
+    own = vision_model.state_dict()
+    present: Dict[str, torch.Tensor] = {}
+    unexpected: List[str] = []
+    for key, value in converted.items():
+        inner = key[len(_VISION_PREFIX):] if key.startswith(_VISION_PREFIX) else None
+        if inner is not None and inner in own:
+            present[inner] = value
+        else:
+            unexpected.extend(origin.get(key, [key]))
+
+    pos = "embeddings.position_embedding"
+    if pos in present and pos in own and present[pos].shape != own[pos].shape \
+            and present[pos].shape[-1] == own[pos].shape[-1]:
+        logger.info("%s: position embedding resized from %d to %d positions", name, present[pos].shape[1], own[pos].shape[1])
+        present[pos] = interpolate_pos_embed(present[pos], own[pos].shape[1] - 1)
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in present.items() if v.shape != own[k].shape]
+    if bad:
+        raise ValueError(f"{name}: shapes differ from {type(vision_model).__name__}'s: " + "; ".join(bad[:5]))
+
+    vision_model.load_state_dict(present, strict=False)
+    missing = [k for k in own if k not in present]
+    report = LoadReport(loaded=len(present), missing=missing, unexpected=unexpected, dropped=dropped)
+    logger.info("EVA ViT %s: %s", name, report.summary())
+    if unexpected:
+        logger.info("%s: %d tensors have no place in %s (LAVIS drops the last block and the head): %s", name,
+                    len(unexpected), type(vision_model).__name__, _module_counts(unexpected))
+    others = [k for k in missing if not k.startswith("post_layernorm.")]
+    if len(others) < len(missing):
+        logger.info("post_layernorm (LAVIS's ln_vision) is not in the EVA weights; it keeps its initialisation")
+    if others:
+        logger.warning("%s lacks %d of %s's tensors, which keep their current values: %s%s", name, len(others),
+                       type(vision_model).__name__, others[:5], " ..." if len(others) > 5 else "")
+    return report
+
+
+# (BERT name without "bert.", Q-Former / ITG-head names, whether the row count may differ).
+# Names are relative to the Blip2 model; "itg_head." ones to the ITG head.
+_BERT_RULES: List[Tuple[str, Tuple[str, ...], bool]] = [
+    ("embeddings.word_embeddings.weight", ("embeddings.word_embeddings.weight",), True),
+    ("embeddings.position_embeddings.weight", ("embeddings.position_embeddings.weight",), True),
+    ("embeddings.LayerNorm.", ("qformer.layernorm.",), False),
+    ("encoder.layer.{n}.attention.self.", ("qformer.encoder.layer.{n}.attention.attention.",), False),
+    ("encoder.layer.{n}.attention.output.", ("qformer.encoder.layer.{n}.attention.output.",), False),
+    # LAVIS copies the text FFN into the query FFN of every layer
+    ("encoder.layer.{n}.intermediate.", ("qformer.encoder.layer.{n}.intermediate.",
+                                         "qformer.encoder.layer.{n}.intermediate_query."), False),
+    ("encoder.layer.{n}.output.", ("qformer.encoder.layer.{n}.output.", "qformer.encoder.layer.{n}.output_query."), False),
+    ("cls.predictions.transform.dense.", ("itg_head.dense.",), False),
+    ("cls.predictions.transform.LayerNorm.", ("itg_head.norm.",), False),
+    ("cls.predictions.bias", ("itg_head.decoder.bias",), True),
+    ("cls.predictions.decoder.bias", ("itg_head.decoder.bias",), True),  # the same tensor in BERT
+]
+_BERT_FORWARD = [(_pattern(bert), targets, rows) for bert, targets, rows in _BERT_RULES]
+# what LAVIS's Q-Former has no place for: BERT's pooler, token types, NSP head; the MLM
+# decoder weight is the word embeddings (tied in both); cross-attention is new in LAVIS
+_BERT_DROP = re.compile(r"^(pooler\.|embeddings\.token_type_embeddings\.|cls\.seq_relationship\.|"
+                        r"cls\.predictions\.decoder\.weight$|encoder\.layer\.\d+\.crossattention\.)|(^|\.)position_ids$")
+_MLM_ARCHS = ("BertForMaskedLM", "BertForPreTraining")
+
+
+def _bert_state(source) -> Tuple[Dict[str, torch.Tensor], str]:
+    """BERT's tensors without the ``bert.`` prefix, and a name for the logs."""
+    if isinstance(source, nn.Module):
+        raw, name = source.state_dict(), type(source).__name__
+    elif isinstance(source, Mapping):
+        raw, name = _unwrap(source), "state dict"
+    elif os.path.isfile(source):
+        from vlft.runners.checkpoint import read
+
+        raw, name = _unwrap(read(source)), str(source)
+    else:  # a HF id or directory: the class its config names, so its MLM head loads when it has one
+        import transformers
+
+        name = str(source)
+        archs = transformers.AutoConfig.from_pretrained(name).architectures or []
+        cls = (transformers.BertLMHeadModel if "BertLMHeadModel" in archs
+               else transformers.BertForMaskedLM if any(a in _MLM_ARCHS for a in archs) else transformers.BertModel)
+        model, info = cls.from_pretrained(name, output_loading_info=True)
+        raw = model.state_dict()
+        if any(k.startswith("cls.") for k in info.get("missing_keys", ())):  # newly initialised, not BERT's
+            logger.warning("%s has no MLM head; the ITG head keeps its initialisation", name)
+            raw = {k: v for k, v in raw.items() if not k.startswith("cls.")}
+    state: Dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        key = key[len("bert."):] if key.startswith("bert.") else key
+        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))  # TF-era names
+        state[key] = value
+    return state, name
+
+
+def init_qformer_from_bert(blip2: nn.Module, source: Union[str, os.PathLike, nn.Module, Mapping],
+                           itg_head: Optional[nn.Module] = None) -> LoadReport:
+    """Initialise the Q-Former of a transformers ``Blip2*`` model (``blip2``) from a BERT,
+    as LAVIS starts stage 1 from ``bert-base-uncased``.
+
+    ``source``: a HF id or directory (``BertModel``, ``BertForMaskedLM`` or
+    ``BertLMHeadModel`` weights), a checkpoint file, a module or a state dict; ``bert.``
+    prefixes are stripped. BERT's embeddings, self-attention and FFN fill the same places
+    in every Q-Former layer, its embedding LayerNorm ``qformer.layernorm``; each layer's
+    FFN also fills the query FFN (``intermediate_query`` / ``output_query``, as LAVIS
+    copies them). Cross-attention keeps its initialisation. The word / position
+    embeddings copy their first ``min`` rows (LAVIS adds a [DEC] row, which keeps its
+    initialisation). With ``itg_head`` (vlft's ``QFormerLMHead``) BERT's MLM transform
+    and output bias fill it; its decoder weight is the word embeddings. BERT's pooler,
+    token-type embeddings and NSP head are dropped; layers beyond the Q-Former's depth
+    are reported as unexpected. Missing names are the Q-Former's (``embeddings.``,
+    ``qformer.``) and ``itg_head.*`` ones. Other shape differences raise ValueError.
+    """
+    state, name = _bert_state(source)
+    own: Dict[str, torch.Tensor] = {k: v for k, v in blip2.state_dict(keep_vars=True).items()
+                                    if k.startswith(("embeddings.", "qformer."))}
+    identity = {k: id(v) for k, v in own.items()}
+    if itg_head is not None:
+        for k, v in itg_head.state_dict(keep_vars=True).items():
+            own["itg_head." + k], identity["itg_head." + k] = v, id(v)
+
+    writes: Dict[str, Tuple[torch.Tensor, str, bool]] = {}  # target -> (value, BERT name, rows may differ)
+    unexpected: List[str] = []
+    dropped: List[str] = []
+    bad: List[str] = []
+    for key, value in state.items():
+        if _BERT_DROP.search(key) or (itg_head is None and key.startswith("cls.")):
+            dropped.append(key)
+            continue
+        if key == "cls.predictions.decoder.bias" and "cls.predictions.bias" in state:
+            if not torch.equal(value, state["cls.predictions.bias"]):
+                logger.warning("%s: cls.predictions.decoder.bias differs from cls.predictions.bias; the latter is used", name)
+            dropped.append(key)
+            continue
+        targets = None
+        for pattern, templates, rows in _BERT_FORWARD:
+            match = pattern.match(key)
+            if match:
+                targets = [_fill(t, match) for t in templates]
+                break
+        if targets is None or any(t not in own for t in targets):  # unknown, or a layer beyond the Q-Former's depth
+            unexpected.append(key)
+            continue
+        for target in targets:
+            have = own[target].shape
+            if (value.shape[1:] != have[1:] or value.dim() != len(have)) if rows else value.shape != have:
+                bad.append(f"{key} {tuple(value.shape)} -> {target} {tuple(have)}")
+            writes[target] = (value, key, rows)
+    if bad:
+        raise ValueError(f"{name}: shapes differ from the Q-Former's: " + "; ".join(bad[:5]))
+
+    with torch.no_grad():
+        for target, (value, key, rows) in writes.items():
+            tensor = own[target]
+            n = min(value.shape[0], tensor.shape[0]) if rows else tensor.shape[0]
+            tensor[:n].copy_(value[:n])
+            if n < tensor.shape[0]:
+                logger.info("%s: %s has %d rows, %s %d; the last %d keep their initialisation", name, key,
+                            value.shape[0], target, tensor.shape[0], tensor.shape[0] - n)
+            elif n < value.shape[0]:
+                logger.warning("%s: %s has %d rows, %s only %d; the rest are not used", name, key, value.shape[0],
+                               target, tensor.shape[0])
+
+    covered = {identity[t] for t in writes}
+    missing = [k for k in own if identity[k] not in covered]
+    report = LoadReport(loaded=len(writes), missing=missing, unexpected=unexpected, dropped=dropped)
+    logger.info("Q-Former from BERT %s: %s", name, report.summary())
+    if unexpected:
+        logger.info("%s: %d BERT tensors have no place in the Q-Former: %s", name, len(unexpected), _module_counts(unexpected))
+    return report
