@@ -164,6 +164,21 @@ def test_runner_options_documents_every_run_key():
     assert not stale, f"docs/runner_options.md documents run keys that run_schema.RUN_FIELDS lacks: {stale}"
 
 
+def test_runner_options_documents_every_task_key():
+    import vlft.tasks  # noqa: F401  (registers the tasks)
+    from vlft.common.registry import registry
+
+    text = (DOCS / "runner_options.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\|\s*(\w+)\s*\|(.*)\|\s*$", text, re.M)}
+    for name in registry.list_tasks():
+        task = registry.get_task_class(name)
+        if not task.__module__.startswith("vlft.") or not task.RUN_OPTIONS:
+            continue
+        assert name in rows, f"docs/runner_options.md has no row for task {name}"
+        undocumented = [k for k in task.RUN_OPTIONS if f"`{k}`" not in rows[name]]
+        assert not undocumented, f"task {name}: run keys missing from docs/runner_options.md: {undocumented}"
+
+
 def test_parse_doc_convention():
     text = "\n".join([
         "# Title",

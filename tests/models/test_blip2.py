@@ -245,3 +245,19 @@ def test_stage2_loads_a_lavis_stage1_checkpoint(tmp_path, caplog):
                        stage1.blip2.qformer.encoder.layer[0].crossattention.attention.key.weight)
     assert any("itm_head" in k for k in unexpected)
     assert any("language_model" in k for k in missing)
+
+
+@pytest.mark.parametrize("name", ["blip2", "blip2_opt"])
+def test_fp16_frozen_parts_under_bf16_autocast(name):
+    """LAVIS's fp16 ViT (and fp16 OPT) with run.amp: bf16: the frozen parts run in their own
+    dtype (autocast refuses to mix fp16 and bf16 in one op)."""
+    extra = {"llm_precision": "fp16"} if name == "blip2_opt" else {}
+    model = tiny(name, vit_precision="fp16", **extra).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch(2))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert model.blip2.query_tokens.grad.abs().sum() > 0
+    if name == "blip2_opt":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert len(model.eval().generate(batch(2), num_beams=2, max_length=3)) == 2

@@ -82,6 +82,20 @@ def _train_frozen(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
+def _forward_own_precision(module: nn.Module, *args, **kwargs):
+    device = next(module.parameters()).device.type
+    with torch.autocast(device_type=device, enabled=False):
+        return type(module).forward(module, *args, **kwargs)
+
+
+def hold_own_precision(module: nn.Module) -> None:
+    """Run ``module`` (a frozen half-precision part: the ViT, the language model) in its
+    own dtype, outside any autocast around it. Under ``run.amp: bf16`` an fp16 ViT would
+    otherwise mix fp16 and bf16 tensors in one op, which autocast refuses. A partial of a
+    module-level function, so that deepcopy and pickle carry it to the copy."""
+    module.forward = functools.partial(_forward_own_precision, module)
+
+
 def prepare_vision_encoder(vision_model: nn.Module, freeze_vit: bool = True, vit_precision: str = "fp16",
                            use_grad_checkpoint: bool = False) -> None:
     """Apply LAVIS's ViT options in place to a ``Blip2VisionModel``.
@@ -92,7 +106,7 @@ def prepare_vision_encoder(vision_model: nn.Module, freeze_vit: bool = True, vit
     enclosing model cannot switch it back (``_vlft_frozen`` marks it, for code that must
     know). The embeddings and blocks are then cast to ``vit_precision`` ("fp32", "fp16"
     or "bf16"); ``post_layernorm`` stays fp32 and casts its input up, so the output is
-    fp32. A trainable ViT stays fp32 (half-precision master weights would lose updates).
+    fp32; the ViT then runs in its own dtype whatever autocast surrounds it. A trainable ViT stays fp32 (half-precision master weights would lose updates).
     ``use_grad_checkpoint`` turns on transformers' gradient checkpointing of the blocks
     (non-reentrant); it only acts in training mode, i.e. on a trainable ViT.
     """
@@ -115,6 +129,7 @@ def prepare_vision_encoder(vision_model: nn.Module, freeze_vit: bool = True, vit
             # pixel values follow: Blip2VisionEmbeddings casts them to the patch embedding's dtype
             vision_model.embeddings.to(dtype)
             vision_model.encoder.to(dtype)
+            hold_own_precision(vision_model)
         norm.float()
         logger.info("vision encoder frozen (eval mode, %s); post_layernorm trainable in fp32", vit_precision)
     elif vit_precision != "fp32":

@@ -104,7 +104,11 @@ class Blip2LM(Blip2Base):
             raise ValueError(f"llm_precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
         lm = self.blip2.language_model
         lm.requires_grad_(False)
-        lm.to(_DTYPES[precision])
+        if precision != "fp32":
+            from vlft.models.eva_vit import hold_own_precision
+
+            lm.to(_DTYPES[precision])
+            hold_own_precision(lm)
 
     # ------------------------------------------------------------------ inputs
     def query_embeds(self, image: torch.Tensor) -> torch.Tensor:
@@ -136,7 +140,13 @@ class Blip2LM(Blip2Base):
                               padding_side=side, add_special_tokens=special, return_tensors="pt").to(self.device)
 
     def lm_inputs(self, query: torch.Tensor, sources: Sequence[str], targets: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """The language model's keyword arguments with ``labels`` (-100 where not learned)."""
+        """The language model's keyword arguments with ``labels`` (-100 where not learned),
+        its embeddings in the language model's dtype (built outside autocast, which
+        refuses to mix an fp16 language model with bf16 activations)."""
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            return self._lm_inputs(query, sources, targets)
+
+    def _lm_inputs(self, query: torch.Tensor, sources: Sequence[str], targets: Sequence[str]) -> Dict[str, torch.Tensor]:
         n, q = query.shape[:2]
         ones = torch.ones(n, q, dtype=torch.long, device=query.device)
         dtype = self.embed(torch.zeros(1, 1, dtype=torch.long, device=query.device)).dtype
@@ -181,7 +191,9 @@ class Blip2LM(Blip2Base):
         query = self.query_embeds(image)
         ones = torch.ones(query.shape[:2], dtype=torch.long, device=query.device)
         src = self._tokens(sources, "left" if self.decoder_only else "right", self.max_txt_len)
-        embeds = torch.cat([query.to(self.embed(src.input_ids).dtype), self.embed(src.input_ids)], 1)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            text = self.embed(src.input_ids)
+            embeds = torch.cat([query.to(text.dtype), text], 1)
         if not decoding.get("do_sample"):
             decoding = {k: v for k, v in decoding.items() if k not in ("top_p", "temperature")}
         out = self.blip2.language_model.generate(
