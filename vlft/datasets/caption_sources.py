@@ -92,17 +92,18 @@ def coco_image_id(image: str) -> Hashable:
 
 
 def read_coco_karpathy(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
-                       run_cfg: Mapping[str, Any]) -> Tuple[List[Dict[str, Any]], Path]:
-    """Records of a Karpathy-split COCO JSON (train: one caption each; val/test: a list each)."""
-    files = annotation_files("coco_caption", split, info, run_cfg, KARPATHY_FORMAT)
-    root = image_root("coco_caption", build_info, run_cfg, required=True)
+                       run_cfg: Mapping[str, Any], source: str = "coco_caption") -> Tuple[List[Dict[str, Any]], Path]:
+    """Records of a Karpathy-split COCO JSON (train: one caption each; val/test: a list each).
+    ``source`` is the builder name errors mention (other builders share this layout)."""
+    files = annotation_files(source, split, info, run_cfg, KARPATHY_FORMAT)
+    root = image_root(source, build_info, run_cfg, required=True)
     records = []
     for path in files:
-        data = _read_json(path, "coco_caption", KARPATHY_FORMAT)
+        data = _read_json(path, source, KARPATHY_FORMAT)
         if not isinstance(data, list):
-            raise ValueError(f"coco_caption: {path} holds a {type(data).__name__}, not a list; expected {KARPATHY_FORMAT}")
+            raise ValueError(f"{source}: {path} holds a {type(data).__name__}, not a list; expected {KARPATHY_FORMAT}")
         for i, ann in enumerate(data):
-            _require(ann, ("image", "caption"), path, i, "coco_caption", KARPATHY_FORMAT)
+            _require(ann, ("image", "caption"), path, i, source, KARPATHY_FORMAT)
             image_id = ann.get("image_id")
             records.append({"image": ann["image"], "caption": ann["caption"],
                             "image_id": image_id if image_id is not None else coco_image_id(ann["image"])})
@@ -110,19 +111,20 @@ def read_coco_karpathy(split: str, info: Mapping[str, Any], build_info: Mapping[
 
 
 def read_custom(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
-                run_cfg: Mapping[str, Any]) -> Tuple[List[Dict[str, Any]], Optional[Path]]:
-    """Records of local JSON / JSONL / CSV annotation files with configurable column names."""
+                run_cfg: Mapping[str, Any], source: str = "caption_custom") -> Tuple[List[Dict[str, Any]], Optional[Path]]:
+    """Records of local JSON / JSONL / CSV annotation files with configurable column names
+    (``source``: the builder name errors mention)."""
     image_key = option("image_key", info, build_info, "image")
     caption_key = option("caption_key", info, build_info, "caption")
     id_key = option("image_id_key", info, build_info)
-    files = annotation_files("caption_custom", split, info, run_cfg, CUSTOM_FORMAT)
-    root = image_root("caption_custom", build_info, run_cfg, required=False)
+    files = annotation_files(source, split, info, run_cfg, CUSTOM_FORMAT)
+    root = image_root(source, build_info, run_cfg, required=False)
     records = []
     for path in files:
-        rows = _read_rows(path, option("format", info, build_info), option("csv_delimiter", info, build_info))
+        rows = _read_rows(path, option("format", info, build_info), option("csv_delimiter", info, build_info), source)
         for i, row in enumerate(rows):
             keys = (image_key, caption_key) + ((id_key,) if id_key else ())
-            _require(row, keys, path, i, "caption_custom",
+            _require(row, keys, path, i, source,
                      "column names set by build_info.image_key / caption_key / image_id_key")
             image = str(row[image_key])
             # without an image root, images sit next to their annotation file
@@ -132,14 +134,15 @@ def read_custom(split: str, info: Mapping[str, Any], build_info: Mapping[str, An
     return records, root
 
 
-def _read_rows(path: Path, fmt: Optional[str], delimiter: Optional[str]) -> List[Mapping[str, Any]]:
+def _read_rows(path: Path, fmt: Optional[str], delimiter: Optional[str],
+               source: str = "caption_custom") -> List[Mapping[str, Any]]:
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt == "json":
-        data = _read_json(path, "caption_custom", CUSTOM_FORMAT)
+        data = _read_json(path, source, CUSTOM_FORMAT)
         if isinstance(data, Mapping) and isinstance(data.get("annotations"), list):
             data = data["annotations"]
         if not isinstance(data, list):
-            raise ValueError(f"caption_custom: {path} holds a {type(data).__name__}; expected {CUSTOM_FORMAT}")
+            raise ValueError(f"{source}: {path} holds a {type(data).__name__}; expected {CUSTOM_FORMAT}")
         return data
     if fmt == "jsonl":
         rows = []
@@ -148,12 +151,12 @@ def _read_rows(path: Path, fmt: Optional[str], delimiter: Optional[str]) -> List
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"caption_custom: {path} line {n} is not valid JSON ({err})") from None
+                    raise ValueError(f"{source}: {path} line {n} is not valid JSON ({err})") from None
         return rows
     if fmt in ("csv", "tsv"):
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f, delimiter=delimiter or ("\t" if fmt == "tsv" else ",")))
-    raise ValueError(f"caption_custom: cannot tell the format of {path} (suffix '{path.suffix}'); "
+    raise ValueError(f"{source}: cannot tell the format of {path} (suffix '{path.suffix}'); "
                      "name it .json/.jsonl/.csv/.tsv or set build_info.format")
 
 

@@ -19,17 +19,14 @@ An item whose image cannot be read is ``None``; the runner drops and counts it.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Hashable, Iterator, List, Mapping, Optional, Tuple
+import functools
+from typing import Any, Dict, List, Optional
 
-from vlft.datasets.caption_datasets import _CaptionBase, captions_of, default_image_id
+from vlft.datasets.caption_datasets import CaptionEvalDataset
 from vlft.datasets.caption_sources import read_coco_karpathy, read_custom
 
-Reader = Callable[[str, Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], Tuple[Any, Any]]
 
-
-class RetrievalEvalDataset(_CaptionBase):
+class RetrievalEvalDataset(CaptionEvalDataset):
     """Validation / test split for retrieval: one item per image, all captions in ``text``.
 
     Attributes (fixed when the dataset is built):
@@ -43,59 +40,21 @@ class RetrievalEvalDataset(_CaptionBase):
     """
 
     def _index(self) -> None:
-        groups: "OrderedDict[Hashable, List[int]]" = OrderedDict()
-        for i, record in enumerate(self.records):
-            groups.setdefault(default_image_id(record, i), []).append(i)
-        self.image_ids: List[Hashable] = list(groups)
-        self._first_record = [rows[0] for rows in groups.values()]
+        super()._index()  # groups the records by image: image_ids, _first_record, _captions
         self.image: List[Any] = [self.records[r]["image"] for r in self._first_record]
         self.text: List[str] = []
         self.img2txt: Dict[int, List[int]] = {}
         self.txt2img: Dict[int, int] = {}
-        for img_index, rows in enumerate(groups.values()):
-            self.img2txt[img_index] = []
-            for r in rows:
-                for caption in captions_of(self.records[r]):
-                    self.img2txt[img_index].append(len(self.text))
-                    self.txt2img[len(self.text)] = img_index
-                    self.text.append(self.text_processor(caption) if self.text_processor is not None else caption)
-
-    def __len__(self) -> int:
-        return len(self.image)
+        for img_index, captions in enumerate(self._captions):
+            self.img2txt[img_index] = list(range(len(self.text), len(self.text) + len(captions)))
+            self.txt2img.update({t: img_index for t in self.img2txt[img_index]})
+            self.text.extend(self.text_processor(c) if self.text_processor is not None else c for c in captions)
 
     def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
-        image = self._image(self.records[self._first_record[index]])
-        if image is None:
+        item = super().__getitem__(index)
+        if item is None:
             return None
-        return {"image": image, "index": int(index), "instance_id": str(index)}
-
-
-# --------------------------------------------------------------------------- sources
-@contextmanager
-def errors_named(source: str, reader_source: str) -> Iterator[None]:
-    """Re-label a shared reader's errors: ``read_coco_karpathy`` says "coco_caption: ..."
-    and ``read_custom`` "caption_custom: ...", but the user configured ``source``."""
-    try:
-        yield
-    except (FileNotFoundError, ValueError) as err:
-        message = str(err)
-        if not message.startswith(reader_source + ":"):
-            raise
-        raise type(err)(source + message[len(reader_source):]) from None
-
-
-def _relabelled(reader: Reader, source: str, reader_source: str, note: str = "") -> Reader:
-    def read(split, info, build_info, run_cfg):
-        try:
-            with errors_named(source, reader_source):
-                return reader(split, info, build_info, run_cfg)
-        except (FileNotFoundError, ValueError) as err:
-            if not note:
-                raise
-            raise type(err)(f"{err} ({note})") from None
-
-    read.__doc__ = f"``{reader.__name__}`` with errors naming ``{source}``."
-    return read
+        return {"image": item["image"], "index": int(index), "instance_id": item["instance_id"]}
 
 
 FLICKR_NOTE = (
@@ -104,6 +63,13 @@ FLICKR_NOTE = (
     "'flickr30k-images/1000092795.jpg' under build_info.images.storage"
 )
 
-read_coco_retrieval = _relabelled(read_coco_karpathy, "coco_retrieval", "coco_caption")
-read_flickr30k = _relabelled(read_coco_karpathy, "flickr30k", "coco_caption", FLICKR_NOTE)
-read_retrieval_custom = _relabelled(read_custom, "retrieval_custom", "caption_custom")
+read_coco_retrieval = functools.partial(read_coco_karpathy, source="coco_retrieval")
+read_retrieval_custom = functools.partial(read_custom, source="retrieval_custom")
+
+
+def read_flickr30k(split, info, build_info, run_cfg):
+    """LAVIS's Flickr30k JSON (the Karpathy layout), errors naming ``flickr30k``."""
+    try:
+        return read_coco_karpathy(split, info, build_info, run_cfg, source="flickr30k")
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{err} ({FLICKR_NOTE})") from None

@@ -45,7 +45,6 @@ from vlft.datasets.caption_sources import (
     image_root,
     option,
 )
-from vlft.datasets.retrieval_datasets import errors_named
 
 LAVIS_VQA_FORMAT = (
     "LAVIS's VQAv2 JSON: a list of records "
@@ -297,8 +296,7 @@ def read_vqa_custom(split: str, info: Mapping[str, Any], build_info: Mapping[str
     root = image_root("vqa_custom", build_info, run_cfg, required=False)
     records: List[Dict[str, Any]] = []
     for path in files:
-        with errors_named("vqa_custom", "caption_custom"):
-            rows = _read_rows(path, option("format", info, build_info), option("csv_delimiter", info, build_info))
+        rows = _read_rows(path, option("format", info, build_info), option("csv_delimiter", info, build_info), "vqa_custom")
         for i, row in enumerate(rows):
             keys = (image_key, question_key) + ((id_key,) if id_key else ())
             _require(row, keys, path, i, "vqa_custom",

@@ -58,15 +58,17 @@ def build_blip_config(cfg: Mapping[str, Any], tokenizer):
     return BlipConfig(text_config=text, vision_config=vision)
 
 
-def load_lavis_weights(hf_model: nn.Module, source) -> None:
-    """Load a LAVIS / original BLIP caption checkpoint (a ``.pth`` path or its loaded dict)
-    into a transformers BLIP model, reporting missing and unexpected keys."""
+def load_lavis_weights(hf_model: nn.Module, source, convert=None, what: str = "captioning") -> None:
+    """Load a LAVIS / original BLIP checkpoint (a ``.pth`` path or its loaded dict) into a
+    transformers BLIP model, keys renamed by ``convert`` (default: the caption model's map),
+    the ViT position embedding interpolated to the model's image size; unexpected keys are
+    an error, missing ones a warning. ``what`` names the use in the log."""
     from vlft.models.convert.lavis_blip import convert_lavis_blip_caption, interpolate_pos_embed
     from vlft.runners.checkpoint import read
 
     raw = source if isinstance(source, Mapping) else read(source)
     name = "checkpoint" if isinstance(source, Mapping) else str(source)
-    state, dropped = convert_lavis_blip_caption(raw.get("model", raw))
+    state, dropped = (convert or convert_lavis_blip_caption)(raw.get("model", raw))
     key = "vision_model.embeddings.position_embedding"
     own = hf_model.state_dict()
     if key in state and state[key].shape != own[key].shape:
@@ -74,7 +76,7 @@ def load_lavis_weights(hf_model: nn.Module, source) -> None:
     result = hf_model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise KeyError(f"{name}: keys with no place in BLIP: {result.unexpected_keys[:10]}")
-    logger.info("LAVIS %s: %d tensors loaded, %d dropped (not used for captioning)", name, len(state), len(dropped))
+    logger.info("LAVIS %s: %d tensors loaded, %d dropped (not used for %s)", name, len(state), len(dropped), what)
     if result.missing_keys:  # a partial load is legitimate (e.g. a ViT-only file) but must be visible
         logger.warning("LAVIS %s lacks %d BLIP tensors, which keep their current values: %s%s", name,
                        len(result.missing_keys), result.missing_keys[:5], " ..." if len(result.missing_keys) > 5 else "")

@@ -46,7 +46,7 @@ from torch import nn
 
 from vlft.common.registry import registry
 from vlft.models.base_model import BaseModel
-from vlft.models.blip.blip_caption import build_blip_config, load_tokenizer
+from vlft.models.blip.blip_caption import build_blip_config, load_lavis_weights, load_tokenizer
 
 logger = logging.getLogger(__name__)
 _TORCH_CKPT = (".pth", ".pt", ".bin", ".safetensors")
@@ -54,26 +54,11 @@ _LAVIS_PREFIXES = ("visual_encoder.", "text_encoder.", "text_decoder.")
 
 
 def load_lavis_vqa_weights(hf_model: nn.Module, source) -> None:
-    """Load a LAVIS / original BLIP VQA checkpoint (a ``.pth`` path or its loaded dict) into a
-    ``BlipForQuestionAnswering``, interpolating the ViT position embedding to the model's image
-    size; unexpected keys are an error, missing ones a warning."""
-    from vlft.models.convert.lavis_blip import convert_lavis_blip_vqa, interpolate_pos_embed
-    from vlft.runners.checkpoint import read
+    """A LAVIS / original BLIP VQA checkpoint into a ``BlipForQuestionAnswering`` (see
+    ``blip_caption.load_lavis_weights``)."""
+    from vlft.models.convert.lavis_blip import convert_lavis_blip_vqa
 
-    raw = source if isinstance(source, Mapping) else read(source)
-    name = "checkpoint" if isinstance(source, Mapping) else str(source)
-    state, dropped = convert_lavis_blip_vqa(raw.get("model", raw))
-    key = "vision_model.embeddings.position_embedding"
-    own = hf_model.state_dict()
-    if key in state and state[key].shape != own[key].shape:
-        state[key] = interpolate_pos_embed(state[key], own[key].shape[1] - 1)
-    result = hf_model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise KeyError(f"{name}: keys with no place in BLIP VQA: {result.unexpected_keys[:10]}")
-    logger.info("LAVIS %s: %d tensors loaded, %d dropped (not used for VQA)", name, len(state), len(dropped))
-    if result.missing_keys:  # a partial load is legitimate (e.g. a ViT-only file) but must be visible
-        logger.warning("LAVIS %s lacks %d BLIP VQA tensors, which keep their current values: %s%s", name,
-                       len(result.missing_keys), result.missing_keys[:5], " ..." if len(result.missing_keys) > 5 else "")
+    load_lavis_weights(hf_model, source, convert=convert_lavis_blip_vqa, what="VQA")
 
 
 def resize_image_size(blip: nn.Module, image_size: int) -> None:

@@ -149,7 +149,7 @@ class Blip2LM(Blip2Base):
     def _lm_inputs(self, query: torch.Tensor, sources: Sequence[str], targets: Sequence[str]) -> Dict[str, torch.Tensor]:
         n, q = query.shape[:2]
         ones = torch.ones(n, q, dtype=torch.long, device=query.device)
-        dtype = self.embed(torch.zeros(1, 1, dtype=torch.long, device=query.device)).dtype
+        dtype = self.blip2.language_model.get_input_embeddings().weight.dtype
         if self.decoder_only:
             joined = [s + (" " if s and t and not s[-1].isspace() else "") + t + self.end_text for s, t in zip(sources, targets)]
             tok = self._tokens(joined, "right", self.max_txt_len)

@@ -124,13 +124,6 @@ def load_pretrained_blip2(model: nn.Module, cfg: Mapping[str, Any]) -> None:
             model.load_checkpoint(str(resolve_data_path(cfg[key])))
 
 
-def checkpoint_state(path_or_state) -> Mapping[str, Any]:
-    from vlft.runners.checkpoint import read
-
-    raw = read(path_or_state) if not isinstance(path_or_state, Mapping) else path_or_state
-    return raw
-
-
 class Blip2Base(BaseModel):
     """What every BLIP-2 model shares: LAVIS checkpoint loading and the ViT's setup."""
 
@@ -140,9 +133,9 @@ class Blip2Base(BaseModel):
         """A LAVIS BLIP-2 checkpoint (recognised by its keys; a report of missing and
         unexpected keys is logged) or a vlft checkpoint."""
         from vlft.models.convert.lavis_blip2 import is_lavis_blip2, load_lavis_blip2
-        from vlft.runners.checkpoint import load_model_weights
+        from vlft.runners.checkpoint import load_model_weights, read
 
-        raw = checkpoint_state(path)
+        raw = path if isinstance(path, Mapping) else read(path)
         state = raw.get("model", raw)
         if is_lavis_blip2(state):
             report = load_lavis_blip2(self, raw, prefix=f"{self.hf_attr}.")
