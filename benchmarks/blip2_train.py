@@ -117,6 +117,16 @@ checkpointing a frozen ViT 1.00x, same memory; a trainable ViT 0.79x, and with
 checkpointing 0.81x (within noise) for a step peak of 236 instead of 282 MB (0.84x:
 only the ViT's ~46 MB of activations go, the Q-Former's ~229 MB stay). ``--size tiny``:
 ~29 steps/s whatever the variant (all within noise).
+
+Since the ITG loss reads the ITC pass's query keys and values (LAVIS's
+``past_key_values``) instead of running the queries a third time, a ``--size small``
+baseline step (forward + backward) costs 46.1 instead of 52.4 GFLOP
+(``torch.utils.flop_counter``, 0.88x); timed in one process, the two implementations
+alternating over 12 segments of 3 steps on the same weights and batch (1 thread, load
+~4 on 2 CPUs), the median step took 0.93x the CPU time (951 vs 1022 ms) and 0.94x the
+wall time. The table's wall figures moved by more than that between runs of the same
+code on that loaded machine (0.58-0.87 steps/s before, 0.46-0.76 after; CPU steps/s
+1.04-1.15 before, 1.08-1.12 after).
 """
 from __future__ import annotations
 

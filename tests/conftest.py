@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.helpers import TOY_RUN
+
+# one intra-op thread, as the subprocesses the tests start get (OMP_NUM_THREADS=1): on a busy
+# 2-core machine torch's default threads make the in-process runs several times slower
+torch.set_num_threads(1)
 
 
 @pytest.fixture

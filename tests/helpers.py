@@ -35,6 +35,15 @@ def run_script(args: List[str], nproc: int = 1, expect_ok: bool = True, timeout:
     return proc
 
 
+def run_in_process(args: List[str]) -> None:
+    """``train.py``/``evaluate.py`` (args[0]) with ``args[1:]``, in this process: what
+    ``run_script`` does without a new interpreter (imports, METEOR's JVM) per run."""
+    from vlft.launch import main_evaluate, main_train
+
+    main = {"train.py": main_train, "evaluate.py": main_evaluate}[args[0]]
+    assert main(args[1:]) == 0, f"{' '.join(args)} exited non-zero (see its error above)"
+
+
 def read_log(run_dir: Path) -> List[dict]:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 

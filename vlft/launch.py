@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from vlft.common import dist
 from vlft.common.config import Config, ConfigError
+from vlft.common.download import DownloadError
 from vlft.common.logger import setup_logging
 from vlft.common.registry import registry
 from vlft.common.utils import set_seed
@@ -79,7 +80,7 @@ def _main(argv: Optional[List[str]], evaluate_only: bool) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except FileNotFoundError as err:
+    except (FileNotFoundError, DownloadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

@@ -22,11 +22,14 @@ def _default_config(name: str, model_type: str):
 
 def load_model(name: str, model_type: str, is_eval: bool = False, device: str = "cpu", checkpoint: Optional[str] = None):
     """A registered model built from its default YAML for ``model_type`` (weights as that
-    YAML says), optionally with a checkpoint's weights on top."""
+    YAML says: relative paths under ``$VLFT_CACHE_ROOT``, URLs downloaded once into it),
+    optionally with a checkpoint's weights on top."""
+    from vlft.common.utils import resolve_model_paths
+
     model_cls, cfg = _default_config(name, model_type)
     model_cfg = cfg.model
     model_cfg.model_type = model_type
-    model = model_cls.from_config(model_cfg)
+    model = model_cls.from_config(resolve_model_paths(model_cfg))
     if checkpoint:
         model.load_checkpoint(checkpoint)
     if is_eval:

@@ -151,3 +151,35 @@ def test_a_differently_named_processor_replaces_the_default_one(tmp_path):
     cfg = Config.from_file(write(tmp_path, text))
     train = cfg.datasets_cfg.synthetic_shapes.vis_processor.train
     assert train.name == "simple_image_eval" and "hflip" not in train  # the default's hflip did not leak
+
+
+def test_numbers_written_as_strings_are_read_as_numbers(tmp_path):
+    # LAVIS's YAMLs quote some numbers, and YAML reads an unquoted 2e4 as the float 20000.0
+    text = LAVIS_STYLE.replace("init_lr: 1e-5", 'init_lr: "2e-6"\n  runner: runner_iter\n  max_iters: "2e4"\n'
+                                                 "  iters_per_inner_epoch: 1e3\n  warmup_steps: \"2.5e3\"")
+    cfg = Config.from_file(write(tmp_path, text), options=["run.max_epoch=3.0", "run.min_lr=1e-7"])
+    run = cfg.run_cfg
+    assert run.init_lr == 2e-6 and isinstance(run.init_lr, float)
+    assert (run.max_iters, run.iters_per_inner_epoch, run.warmup_steps, run.max_epoch) == (20000, 1000, 2500, 3)
+    assert all(type(run[k]) is int for k in ("max_iters", "iters_per_inner_epoch", "warmup_steps", "max_epoch"))
+    assert run.min_lr == 1e-7
+    assert "max_iters: 20000" in cfg.to_yaml()  # what the run folder's config.yaml records
+    with pytest.raises(ConfigError, match=r"run.warmup_steps must be an integer, got '1.5'"):
+        Config.from_file(write(tmp_path, LAVIS_STYLE), options=['run.warmup_steps="1.5"'])
+    with pytest.raises(ConfigError, match=r"run.max_epoch must be an integer, got 2.5"):
+        Config.from_file(write(tmp_path, LAVIS_STYLE), options=["run.max_epoch=2.5"])
+    with pytest.raises(ConfigError, match=r"run.init_lr must be int or float, got 'fast'"):
+        Config.from_file(write(tmp_path, LAVIS_STYLE), options=["run.init_lr=fast"])
+    # a string key keeps a string that looks like a number
+    assert Config.from_file(str(TOY_RUN), options=['run.output_dir="1e3"']).run_cfg.output_dir == "1e3"
+
+
+def test_lavis_run_keys_validate_with_their_defaults(tmp_path):
+    run = Config.from_file(write(tmp_path, LAVIS_STYLE)).run_cfg
+    assert (run.use_dist_eval_sampler, run.lr_layer_decay, run.val_freq, run.save_freq) == (True, 1.0, 1, -1)
+    text = LAVIS_STYLE.replace("amp: False", "amp: False\n  use_dist_eval_sampler: False\n  lr_layer_decay: 0.95\n"
+                                             "  val_freq: 2\n  save_freq: -1")
+    run = Config.from_file(write(tmp_path, text)).run_cfg
+    assert (run.use_dist_eval_sampler, run.lr_layer_decay, run.val_freq, run.save_freq) == (False, 0.95, 2, -1)
+    with pytest.raises(ConfigError, match="run.val_freq must be >= 1, got 0"):
+        Config.from_file(write(tmp_path, LAVIS_STYLE), options=["run.val_freq=0"])

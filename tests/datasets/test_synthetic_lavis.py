@@ -12,11 +12,13 @@ from vlft.common.utils import resolve_config_file, resolve_data_path
 from vlft.datasets.synthetic_lavis import main, write_shapes_lavis
 from vlft.datasets.synthetic_shapes import COLOURS, SHAPES, make_scene, scene_caption, scene_questions
 
-COCO_STYLE_BUILDERS = ("coco_caption", "coco_retrieval", "coco_vqa", "flickr30k")
+LAVIS_BUILDERS = ("coco_caption", "coco_retrieval", "coco_vqa", "flickr30k", "nocaps", "ok_vqa", "aok_vqa", "gqa",
+                  "vg_vqa", "vg_caption", "conceptual_caption_3m", "conceptual_caption_12m", "sbu_caption", "nlvr")
+BUILDER_TYPES = [(name, t) for name in LAVIS_BUILDERS for t in registry.get_builder_class(name).DATASET_CONFIG_DICT]
 
 
-def default_build_info(name: str) -> dict:
-    path = resolve_config_file(registry.get_builder_class(name).DATASET_CONFIG_DICT["default"])
+def default_build_info(name: str, type: str = "default") -> dict:
+    path = resolve_config_file(registry.get_builder_class(name).DATASET_CONFIG_DICT[type])
     return OmegaConf.to_container(OmegaConf.load(path).datasets[name].build_info)
 
 
@@ -62,28 +64,44 @@ def test_some_annotators_dissent_with_an_answer_of_the_same_kind(tmp_path):
         assert set(q["answer"]) <= kinds[q["question_type"]]
 
 
+def _files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
 def test_images_are_the_synthetic_scenes_and_writing_is_deterministic(tmp_path):
     a = write_shapes_lavis(tmp_path / "a", n_train=2, n_val=2, n_test=1, image_size=32, seed=3)
     b = write_shapes_lavis(tmp_path / "b", n_train=2, n_val=2, n_test=1, image_size=32, seed=3)
-    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 2 * 5 + 10  # images twice; 9 + answer_list + 3 JSONs
+    files_a, files_b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    # every builder: 5 COCO + 5 Flickr + 3 NoCaps + 5 GQA + 2 VG + 2 x 3 caption-pair images, 5 NLVR2 pairs
+    # of 2; 10 COCO / Flickr, 20 VQA-variant (3 VQAv2 eval, 5 OK-VQA, 5 A-OKVQA, 6 GQA, 1 VG), 3 NoCaps,
+    # 4 caption-pair and 3 NLVR2 annotation files
+    assert files_a == files_b and len(files_a) == (5 + 5 + 3 + 5 + 2 + 6 + 10) + (10 + 20 + 3 + 4 + 3)
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files_a)
+    coco_only = write_shapes_lavis(tmp_path / "c", n_train=2, n_val=2, n_test=1, image_size=32, seed=3,
+                                   all_builders=False)
+    assert len(_files(tmp_path / "c")) == 2 * 5 + 10 and "nocaps_val" not in coco_only  # images twice, 10 JSONs
     drawn = np.asarray(Image.open(a["coco_images"] / "val" / "000001.png"))
     assert drawn.shape == (32, 32, 3)
     assert np.array_equal(drawn, np.asarray(make_scene(1_000_001, seed=3, image_size=32)["image"]))
 
 
-@pytest.mark.parametrize("name", COCO_STYLE_BUILDERS)
-def test_every_default_yaml_path_of_the_coco_style_builders_exists(tmp_path, name):
-    write_shapes_lavis(tmp_path, n_train=1, n_val=1, n_test=1)
-    info = default_build_info(name)
-    paths = [a["storage"] for a in info["annotations"].values()] + [info["images"]["storage"]]
+@pytest.fixture(scope="module")
+def one_of_each(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lavis")
+    write_shapes_lavis(root, n_train=1, n_val=1, n_test=1, image_size=32)
+    return root
+
+
+@pytest.mark.parametrize("name,type", BUILDER_TYPES, ids=[f"{n}-{t}" for n, t in BUILDER_TYPES])
+def test_every_default_yaml_path_of_every_lavis_builder_exists(one_of_each, name, type):
+    info = default_build_info(name, type)
+    paths = [p for a in info["annotations"].values()
+             for p in ([a["storage"]] if isinstance(a["storage"], str) else a["storage"])]
+    paths.append(info["images"]["storage"])
     if info.get("answer_list"):
         paths.append(info["answer_list"]["storage"])
-    run_cfg = {"cache_root": str(tmp_path)}
-    missing = [p for p in paths if not resolve_data_path(p, run_cfg).exists()]
-    assert not missing and len(paths) >= 4
+    missing = [p for p in paths if not resolve_data_path(p, {"cache_root": str(one_of_each)}).exists()]
+    assert not missing and len(paths) >= 2
 
 
 def test_coco_caption_builds_from_the_synthetic_root(tmp_path):

@@ -282,6 +282,32 @@ def test_a_lavis_checkpoint_loads_through_from_config_and_load_checkpoint(tmp_pa
         tiny(seed=3).load_checkpoint(str(path))
 
 
+def test_okvqa_and_aokvqa_types_load_as_lavis_configures_them(tmp_path):
+    url = "https://storage.googleapis.com/sfr-vision-language-research"
+    for model_type, name in (("okvqa", "blip_okvqa.pth"), ("aokvqa", "blip_aokvqa.pth")):
+        cfg = OmegaConf.load(BlipVqa.default_config_path(model_type)).model
+        assert cfg.finetuned == f"{url}/LAVIS/models/BLIP/{name}" and cfg.load_finetuned and cfg.image_size == 480
+        assert cfg.pretrained == f"{url}/BLIP/models/model_base_vqa_capfilt_large.pth"
+    # LAVIS's rule: with load_finetuned a complete LAVIS checkpoint replaces `pretrained`, which is never read
+    source = sharpen(tiny(seed=0))
+    path = tmp_path / "blip_okvqa.pth"
+    write_lavis_checkpoint(source, path)
+    loaded = BlipVqa.from_config(tiny_cfg(load_finetuned=True, finetuned=str(path), load_pretrained=True,
+                                          pretrained=str(tmp_path / "absent.pth"))).eval()
+    assert answers_of(loaded) == answers_of(source)
+    # a vlft checkpoint (trainable weights only) goes on top of `pretrained`
+    other = sharpen(tiny(seed=1), seed=5)
+    decoder_only = {k: v for k, v in other.state_dict().items() if k.startswith("blip.text_decoder.")}
+    vlft_path = atomic_save({"model": decoder_only}, tmp_path / "checkpoint_best.pth")
+    both = BlipVqa.from_config(tiny_cfg(load_pretrained=True, pretrained=str(path), load_finetuned=True,
+                                        finetuned=str(vlft_path))).eval()
+    state = both.state_dict()
+    assert torch.equal(state["blip.vision_model.encoder.layers.0.self_attn.qkv.weight"],
+                       source.state_dict()["blip.vision_model.encoder.layers.0.self_attn.qkv.weight"])
+    assert torch.equal(state["blip.text_decoder.cls.predictions.transform.dense.weight"],
+                       other.state_dict()["blip.text_decoder.cls.predictions.transform.dense.weight"])
+
+
 def test_vlft_checkpoint_round_trip(tmp_path):
     model = sharpen(tiny())
     path = atomic_save({"model": model.state_dict()}, tmp_path / "ckpt.pth")

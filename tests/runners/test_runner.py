@@ -107,3 +107,58 @@ def test_tensorboard_and_curves_when_asked(toy_runner):
     assert list((runner.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     png = runner.run_dir / "curves.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_val_freq_counts_epochs_as_lavis_runners_do(toy_runner):
+    # runner_base: after epochs 0, N, 2N (0-based); runner_iter: after inner epochs N, 2N (1-based)
+    runner = toy_runner("run.max_epoch=5", "run.val_freq=2", "run.test_splits=[]")
+    runner.train()
+    assert [r["step"] for r in evals(runner.run_dir)] == [8, 24, 40]
+    runner = toy_runner("run.runner=runner_iter", "run.max_iters=12", "run.iters_per_inner_epoch=3", "run.val_freq=2",
+                        "run.test_splits=[]")
+    runner.train()
+    assert [r["step"] for r in evals(runner.run_dir)] == [6, 12]
+
+
+def test_save_freq_keeps_numbered_resumable_snapshots(toy_runner):
+    runner = toy_runner("run.max_epoch=4", "run.save_freq=2", "run.test_splits=[]")
+    runner.train()
+    names = sorted(p.name for p in runner.run_dir.glob("checkpoint_*.pth"))
+    assert names == ["checkpoint_0.pth", "checkpoint_2.pth", "checkpoint_best.pth", "checkpoint_latest.pth"]
+    snap = torch.load(runner.run_dir / "checkpoint_2.pth", weights_only=True)
+    assert snap["progress"]["step"] == 24 and {"strategy", "lr_sched", "rng"} <= set(snap)  # resumable
+    runner = toy_runner("run.runner=runner_iter", "run.max_iters=6", "run.iters_per_inner_epoch=2", "run.save_freq=1",
+                        "run.valid_splits=[]", "run.test_splits=[]")
+    runner.train()
+    assert sorted(p.name for p in runner.run_dir.glob("checkpoint_*.pth")) == [
+        "checkpoint_2.pth", "checkpoint_4.pth", "checkpoint_6.pth", "checkpoint_latest.pth"]
+    default = toy_runner("run.max_epoch=1", "run.test_splits=[]")  # save_freq -1: latest and best only
+    default.train()
+    assert sorted(p.name for p in default.run_dir.glob("checkpoint_*.pth")) == ["checkpoint_best.pth", "checkpoint_latest.pth"]
+
+
+@pytest.mark.parametrize("sharded,count", [(True, 16), (False, 32)])
+def test_use_dist_eval_sampler_false_gives_every_rank_the_whole_split(toy_runner, monkeypatch, sharded, count):
+    from vlft.common import dist
+
+    runner = toy_runner(f"run.use_dist_eval_sampler={str(sharded).lower()}")
+    seen = []
+    valid_step = runner.task.valid_step
+    monkeypatch.setattr(runner.task, "valid_step", lambda model, samples: seen.extend(samples["instance_id"].tolist())
+                        or valid_step(model, samples))
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)  # rank 0 of 2 (gathering stays local)
+    runner.evaluate(["val"])
+    assert sorted(seen) == (list(range(0, 32, 2)) if sharded else list(range(32))) and len(seen) == count
+
+
+def test_each_batch_says_where_training_is_as_lavis_does(toy_runner):
+    # LAVIS's loop adds epoch / iters (micro-batch within the inner epoch) / num_iters_per_epoch
+    # to every batch; BLIP's momentum distillation ramps alpha up with them
+    runner = toy_runner("run.max_epoch=2", "run.accum_grad_iters=2", "run.valid_splits=[]", "run.test_splits=[]")
+    seen = []
+    step = runner.task.train_step
+    runner.task.train_step = lambda model, samples: (seen.append((samples["epoch"], samples["iters"],
+                                                                  samples["num_iters_per_epoch"])), step(model, samples))[1]
+    runner.train()
+    # 64 samples / batch 8 = 8 micro-batches = 4 steps per epoch
+    assert seen == [(e, i, 8) for e in (0, 1) for i in range(8)]

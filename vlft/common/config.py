@@ -14,6 +14,7 @@ with the key and the nearest valid names.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -208,11 +209,15 @@ def validate(cfg: DictConfig, task_cls: type) -> None:
     allowed: Dict[str, Optional[tuple]] = {k: f.types for k, f in RUN_FIELDS.items()}
     for key, opt in (getattr(task_cls, "RUN_OPTIONS", {}) or {}).items():
         allowed[key] = opt.types if isinstance(opt, Field) else _types_of(opt)
-    for key, value in cfg.run.items():
+    for key, value in list(cfg.run.items()):
         if key not in allowed:
             raise ConfigError(f"unknown key run.{key}{_did_you_mean(key, allowed)} (see vlft/common/run_schema.py)")
         types = allowed[key]
         if types is not None and not _is_instance(value, types):
+            number = _as_number(f"run.{key}", value, types)
+            if number is not None:
+                cfg.run[key] = number
+                continue
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise ConfigError(f"run.{key} must be {want}, got {value!r} ({type(value).__name__})")
 
@@ -228,8 +233,9 @@ def validate(cfg: DictConfig, task_cls: type) -> None:
         for key in ("max_iters", "iters_per_inner_epoch"):
             if not cfg.run.get(key):
                 raise ConfigError(f"runner_iter needs run.{key} (a positive number of optimizer steps)")
-    if cfg.run.accum_grad_iters < 1:
-        raise ConfigError(f"run.accum_grad_iters must be >= 1, got {cfg.run.accum_grad_iters}")
+    for key in ("accum_grad_iters", "val_freq"):
+        if cfg.run[key] < 1:
+            raise ConfigError(f"run.{key} must be >= 1, got {cfg.run[key]}")
 
     for name, ds_cfg in cfg.datasets.items():
         for proc_key in ("vis_processor", "text_processor"):
@@ -246,6 +252,31 @@ def _types_of(default: Any) -> Optional[tuple]:
     if isinstance(default, (int, float)):
         return (int, float)
     return (type(default),) if not isinstance(default, (list, tuple)) else (list,)
+
+
+def _as_number(where: str, value: Any, types: tuple) -> Optional[Any]:
+    """``value`` as the number a numeric key wants (``"2e-6"``, ``"2e4"``, ``2e4`` for an int
+    key), None when the key is not numeric or the value is not a number at all; a
+    non-integral value for an integer key is a ConfigError."""
+    if int not in types or isinstance(value, bool):
+        return None
+    number: Any = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                return None
+        if isinstance(number, float) and not math.isfinite(number):
+            return None
+    if isinstance(number, float) and float not in types:
+        if not number.is_integer():
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        number = int(number)
+    return number if isinstance(number, types) else None
 
 
 def _is_instance(value: Any, types: tuple) -> bool:

@@ -136,7 +136,7 @@ def gather_tensors(tensor: torch.Tensor, with_grad: bool = False) -> torch.Tenso
     flows back to each rank's own slice (contrastive losses over the global batch);
     without it the result is detached."""
     if not is_dist() or get_world_size() == 1:
-        return tensor
+        return tensor if with_grad else tensor.detach()
     sizes = _sizes(tensor.shape[0], tensor.device)
     padded = torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
     if with_grad:

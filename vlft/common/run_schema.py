@@ -5,6 +5,10 @@ lowest config layer). A task adds its own keys through ``BaseTask.RUN_OPTIONS``
 (LAVIS keeps e.g. ``num_beams`` and ``max_len`` under ``run``).
 Units: a *step* is one optimizer step (``accum_grad_iters`` micro-batches); the
 schedulers, ``warmup_steps``, ``max_iters`` and checkpoint intervals count steps.
+
+Numbers may be written as strings (LAVIS's YAMLs quote some: ``max_iters: "2e4"``,
+``init_lr: "2e-6"``): a string that parses as a number is read as that number where
+the key is numeric, and an integer key takes any integral value (``2e4`` -> 20000).
 """
 from __future__ import annotations
 
@@ -42,6 +46,10 @@ RUN_FIELDS: Dict[str, Field] = {
     "weight_decay": Field(0.05, _NUM, "AdamW weight decay (never applied to biases, norms, 1-d params)"),
     "beta2": Field(0.999, _NUM, "AdamW beta2"),
     "lr_multipliers": Field({}, (dict,), "{module-name pattern: lr factor}, e.g. {visual_encoder: 0.1}"),
+    "lr_layer_decay": Field(1.0, _NUM, "layer-wise lr decay of a trained ViT (vlft/runners/optim.py): block i of n "
+                            "gets decay ** (n - i), the embeddings decay ** (n + 1); 1: none. Applied only with "
+                            "apply_lr_layer_decay (LAVIS computes it but its schedulers never apply it)"),
+    "apply_lr_layer_decay": Field(False, (bool,), "apply lr_layer_decay (false: ignore it, as LAVIS's training does)"),
     "max_grad_norm": Field(None, _OPT_NUM, "clip the global gradient norm to this value"),
     "accum_grad_iters": Field(1, (int,), "micro-batches per optimizer step"),
     "amp": Field(False, (bool, str), "false | bf16 | fp16 (true means fp16, as in LAVIS)"),
@@ -50,11 +58,15 @@ RUN_FIELDS: Dict[str, Field] = {
     "max_epoch": Field(1, (int,), "epochs (runner_base)"),
     "max_iters": Field(None, _OPT_INT, "optimizer steps (runner_iter)"),
     "iters_per_inner_epoch": Field(None, _OPT_INT, "steps between validations (runner_iter)"),
+    "val_freq": Field(1, (int,), "validate every N (inner) epochs: runner_base after epochs 0, N, 2N, ... "
+                      "(0-based, as LAVIS), runner_iter after inner epochs N, 2N, ..."),
     "validate_at_start": Field(False, (bool,), "also validate before the first step (the untrained baseline)"),
     "early_stop_patience": Field(None, _OPT_INT, "stop after this many validations without improvement"),
     # data
     "batch_size_train": Field(8, (int,), "per-process training batch"),
     "batch_size_eval": Field(8, (int,), "per-process evaluation batch"),
+    "use_dist_eval_sampler": Field(True, (bool,), "shard evaluation splits over the processes; false: every "
+                                   "process evaluates the whole split (LAVIS's retrieval setting)"),
     "num_workers": Field(0, (int,), "DataLoader workers per process"),
     "max_bad_sample_fraction": Field(0.05, _NUM, "stop when more than this fraction of samples cannot be read"),
     "seed": Field(42, (int,), "random seed (each rank adds its rank)"),
@@ -68,10 +80,13 @@ RUN_FIELDS: Dict[str, Field] = {
     "find_unused_parameters": Field(False, (bool,), "DDP option for models with unused branches"),
     "deepspeed_config": Field(None, (dict, type(None)), "inline DeepSpeed config (zero_optimization, bf16, ...)"),
     # output, checkpoints, logging
-    "cache_root": Field(None, _OPT_STR, "root for relative data paths; default $VLFT_CACHE_ROOT or ~/.cache/vlft"),
+    "cache_root": Field(None, _OPT_STR, "root for relative data and checkpoint paths and for downloaded "
+                        "checkpoints; default $VLFT_CACHE_ROOT or ~/.cache/vlft"),
     "output_dir": Field("output/${run.task}", (str,), "where logs, configs and checkpoints go"),
     "resume_ckpt_path": Field(None, _OPT_STR, "checkpoint to resume from, or 'auto' for the latest in output_dir"),
     "checkpoint_every_iters": Field(0, (int,), "also write the resumable checkpoint every N steps (0: per inner epoch only)"),
+    "save_freq": Field(-1, (int,), "also keep checkpoint_<epoch>.pth (runner_iter: checkpoint_<step>.pth) every N "
+                       "(inner) epochs; -1: only checkpoint_latest and checkpoint_best (LAVIS's default is 5)"),
     "export_hf": Field(False, (bool,), "at the end, save the best model in HF format (hf_model/); peft runs also save adapter/"),
     "save_full": Field(False, (bool,), "save every parameter, not only the trainable ones"),
     "log_freq": Field(50, (int,), "console / JSON-lines logging interval in steps"),

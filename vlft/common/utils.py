@@ -1,4 +1,5 @@
-"""Small helpers shared across the package: paths, seeding, nested dict access."""
+"""Small helpers shared across the package: paths (data, checkpoints, the cache root),
+seeding, RNG states."""
 from __future__ import annotations
 
 import os
@@ -45,6 +46,53 @@ def resolve_data_path(path: str, run_cfg: Optional[Mapping[str, Any]] = None) ->
     if p.is_absolute() or p.exists():
         return p
     return cache_root(run_cfg) / p
+
+
+#: the model keys that hold a checkpoint location, each with the flag that turns it on
+#: (None: used whenever set); keys ending in ``_pretrained`` / ``_checkpoint`` count too
+MODEL_PATH_KEYS = {"pretrained": "load_pretrained", "finetuned": "load_finetuned", "vit_pretrained": None}
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def resolve_model_path(path: str, run_cfg: Optional[Mapping[str, Any]] = None) -> str:
+    """A checkpoint location as LAVIS users write it, made local:
+
+    - ``https://...`` / ``http://...``: downloaded once into ``<cache root>/checkpoints/``
+      (see vlft/common/download.py) and that file's path returned;
+    - absolute, or existing relative to the working directory: kept;
+    - relative and present under the cache root: that path;
+    - relative checkpoint file (``.pth``, ``.safetensors``, ...) present nowhere: the path
+      under the cache root, so the loader's "not found" names where it should be;
+    - anything else (a Hugging Face repo id such as ``Salesforce/blip2-opt-2.7b``): kept.
+    """
+    from vlft.common.download import download_cached, is_url
+
+    if is_url(path):
+        return str(download_cached(path, cache_root(run_cfg)))
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return str(p)
+    under_root = cache_root(run_cfg) / p
+    if under_root.exists() or p.suffix in _CHECKPOINT_SUFFIXES:
+        return str(under_root)
+    return path
+
+
+def resolve_model_paths(model_cfg: Any, run_cfg: Optional[Mapping[str, Any]] = None) -> Any:
+    """A copy of the ``model:`` section with every checkpoint location in it made local
+    (``resolve_model_path``); a location whose ``load_*`` flag is off is left alone, so a
+    LAVIS YAML's unused ``finetuned`` URL is never downloaded."""
+    from omegaconf import DictConfig, OmegaConf
+
+    out = OmegaConf.create(OmegaConf.to_container(model_cfg)) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    for key in list(out.keys()):
+        value = out[key]
+        is_path_key = key in MODEL_PATH_KEYS or str(key).endswith(("_pretrained", "_checkpoint"))
+        flag = MODEL_PATH_KEYS.get(key)
+        if not is_path_key or not isinstance(value, str) or not value or (flag and not out.get(flag, False)):
+            continue
+        out[key] = resolve_model_path(value, run_cfg)
+    return out
 
 
 def set_seed(seed: int) -> None:

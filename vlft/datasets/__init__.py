@@ -12,10 +12,19 @@ from vlft.datasets.builders import (
     CustomVQABuilder,
     Flickr30kBuilder,
 )
-from vlft.datasets.caption_datasets import CaptionDataset, CaptionEvalDataset
+from vlft.datasets.builders import (
+    AOKVQABuilder,
+    GQABuilder,
+    NLVRBuilder,
+    NoCapsBuilder,
+    OKVQABuilder,
+    VGVQABuilder,
+)
+from vlft.datasets.caption_datasets import CaptionDataset, CaptionEvalDataset, ImageTextPairDataset
 from vlft.datasets.image_io import load_image
+from vlft.datasets.nlvr_datasets import NLVRDataset, NLVREvalDataset
 from vlft.datasets.retrieval_datasets import RetrievalEvalDataset
-from vlft.datasets.vqa_datasets import VQADataset, VQAEvalDataset
+from vlft.datasets.vqa_datasets import AOKVQAEvalDataset, VQADataset, VQAEvalDataset
 from vlft.datasets.wds_dataset import WebDatasetCaptions
 
 __all__ = [
@@ -36,4 +45,14 @@ __all__ = [
     "RetrievalEvalDataset",
     "VQADataset",
     "VQAEvalDataset",
+    "AOKVQAEvalDataset",
+    "ImageTextPairDataset",
+    "NLVRDataset",
+    "NLVREvalDataset",
+    "NoCapsBuilder",
+    "OKVQABuilder",
+    "AOKVQABuilder",
+    "GQABuilder",
+    "VGVQABuilder",
+    "NLVRBuilder",
 ]

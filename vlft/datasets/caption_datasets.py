@@ -15,17 +15,26 @@ only reads its annotation records; these two classes do the rest::
   "instance_id"}`` with the record's own ``image_id``; records that share an image
   are grouped and ``ground_truth()`` gives all their raw captions for scoring.
 
+- ``ImageTextPairDataset`` (train): LAVIS's image-text pairs (``vg_caption``,
+  ``conceptual_caption_3m`` / ``_12m``, ``sbu_caption``): ``{"image", "text_input",
+  "instance_id"}`` without ``image_id``, as LAVIS's ``ImageTextPairDataset``, so that
+  pretraining's contrastive loss treats every other caption of the batch as a negative
+  (LAVIS masks same-image pairs only where the data gives image ids).
+
 An item whose image cannot be read is ``None`` (see ``vlft.datasets.image_io``).
-A subclass per source only overrides ``read_annotations``.
+A source is a reader ``(split, info, build_info, run_cfg) -> (records, image_root)``:
+the builder passes it as ``reader=`` (its ``reader`` attribute); a subclass may
+override ``read_annotations`` instead.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
+from torch.utils.data.dataloader import default_collate
 
 from vlft.datasets.image_io import load_image
 
@@ -53,8 +62,9 @@ def default_image_id(record: Mapping[str, Any], index: int) -> Hashable:
 class _CaptionBase(Dataset):
     def __init__(self, vis_processor=None, text_processor=None, split: str = "train",
                  info: Optional[Mapping[str, Any]] = None, build_info: Optional[Mapping[str, Any]] = None,
-                 run_cfg: Optional[Mapping[str, Any]] = None):
-        records, image_root = self.read_annotations(split, info or {}, build_info or {}, run_cfg or {})
+                 run_cfg: Optional[Mapping[str, Any]] = None, reader: Optional[Callable[..., Any]] = None):
+        read = reader or self.read_annotations
+        records, image_root = read(split, info or {}, build_info or {}, run_cfg or {})
         self._setup(records, image_root, vis_processor, text_processor, split)
 
     @classmethod
@@ -133,6 +143,11 @@ class CaptionDataset(_CaptionBase):
             "instance_id": str(index),
         }
 
+    def collater(self, samples: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
+        """The batch (see :func:`collate_shared_keys`: the runner collates a mix of
+        training datasets with the first one's collater)."""
+        return collate_shared_keys(samples)
+
 
 class CaptionEvalDataset(_CaptionBase):
     """Validation / test split: one item per image, all its reference captions kept."""
@@ -157,3 +172,26 @@ class CaptionEvalDataset(_CaptionBase):
     def ground_truth(self) -> Dict[Hashable, List[str]]:
         """``image_id -> [raw reference captions]`` for scoring generated captions."""
         return dict(zip(self.image_ids, self._captions))
+
+
+def collate_shared_keys(samples: List[Optional[Mapping[str, Any]]]) -> Dict[str, Any]:
+    """``default_collate`` over the keys every sample has (``None`` samples dropped).
+
+    A training mix such as ``coco_caption`` + ``vg_caption`` (BLIP / BLIP-2
+    pretraining) batches items with ``image_id`` and items without; LAVIS's
+    ``ConcatDataset.collater`` keeps the shared keys only, and so does this."""
+    samples = [s for s in samples if s is not None]
+    if not samples:
+        return {}
+    shared = [k for k in samples[0] if all(k in s for s in samples[1:])]
+    return default_collate([{k: s[k] for k in shared} for s in samples])
+
+
+class ImageTextPairDataset(CaptionDataset):
+    """Training pairs without image ids (LAVIS's ``ImageTextPairDataset``): see the module doc."""
+
+    def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
+        item = super().__getitem__(index)
+        if item is not None:
+            del item["image_id"]
+        return item

@@ -110,6 +110,60 @@ def read_coco_karpathy(split: str, info: Mapping[str, Any], build_info: Mapping[
     return records, root
 
 
+PAIRS_FORMAT = (
+    "LAVIS's image-text pair JSON: a list of records {\"image\": \"path/relative/to/images.storage.jpg\", "
+    "\"caption\": \"a caption\"} (vg_caption: vg/annotations/vg_caption.json, conceptual_caption_3m / _12m: "
+    "conceptual_caption/annotations/cc3m.json / cc12m.json, sbu_caption: sbu_captions/annotations/sbu.json; "
+    "LAVIS hosts vg_caption.json and sbu.json under "
+    "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/datasets/, and builds the CC files "
+    "with its DownloadConceptualCaptions scripts)"
+)
+NOCAPS_FORMAT = (
+    "LAVIS's NoCaps JSON (nocaps/annotations/nocaps_{val,test}.json from "
+    "https://storage.googleapis.com/sfr-vision-language-research/datasets/): a list of records "
+    "{\"image\": \"val/0013ea2087020901.jpg\", \"img_id\": 0} (val records may also hold \"caption\": [...], "
+    "the reference captions; the official ones are in nocaps_val_4500_captions.json, see run.annotation_file)"
+)
+
+
+def _records_of(path: Path, source: str, expected: str) -> List[Any]:
+    data = _read_json(path, source, expected)
+    if not isinstance(data, list):
+        raise ValueError(f"{source}: {path} holds a {type(data).__name__}, not a list; expected {expected}")
+    return data
+
+
+def read_image_text_pairs(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
+                          run_cfg: Mapping[str, Any], source: str = "image_text_pairs") -> Tuple[List[Dict[str, Any]], Path]:
+    """Records of LAVIS's image-text pair files (one caption per record; an image may
+    have several records, e.g. Visual Genome's region descriptions). ``source``: the
+    builder name errors mention."""
+    files = annotation_files(source, split, info, run_cfg, PAIRS_FORMAT)
+    root = image_root(source, build_info, run_cfg, required=True)
+    records = []
+    for path in files:
+        for i, ann in enumerate(_records_of(path, source, PAIRS_FORMAT)):
+            _require(ann, ("image", "caption"), path, i, source, PAIRS_FORMAT)
+            records.append({"image": ann["image"], "caption": ann["caption"], "image_id": ann["image"]})
+    return records, root
+
+
+def read_nocaps(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
+                run_cfg: Mapping[str, Any], source: str = "nocaps") -> Tuple[List[Dict[str, Any]], Path]:
+    """Records of LAVIS's NoCaps files: ``image_id`` is the record's ``img_id`` (an int,
+    as LAVIS's ``NoCapsEvalDataset``), captions the record's ``caption`` if any."""
+    files = annotation_files(source, split, info, run_cfg, NOCAPS_FORMAT)
+    root = image_root(source, build_info, run_cfg, required=True)
+    records = []
+    for path in files:
+        for i, ann in enumerate(_records_of(path, source, NOCAPS_FORMAT)):
+            _require(ann, ("image", "img_id"), path, i, source, NOCAPS_FORMAT)
+            img_id = ann["img_id"]
+            records.append({"image": ann["image"], "caption": ann.get("caption") or [],
+                            "image_id": int(img_id) if str(img_id).lstrip("-").isdigit() else img_id})
+    return records, root
+
+
 def read_custom(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
                 run_cfg: Mapping[str, Any], source: str = "caption_custom") -> Tuple[List[Dict[str, Any]], Optional[Path]]:
     """Records of local JSON / JSONL / CSV annotation files with configurable column names

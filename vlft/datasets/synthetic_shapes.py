@@ -41,6 +41,11 @@ def scene_caption(index: int, seed: int = 0) -> str:
     return _caption(_objects(random.Random(seed * 1_000_003 + index)))
 
 
+def scene_objects(index: int, seed: int = 0) -> List[Tuple[str, str]]:
+    """The ``(colour, shape)`` of scene ``index``'s left and right objects, without drawing it."""
+    return [tuple(o) for o in _objects(random.Random(seed * 1_000_003 + index))]
+
+
 def scene_questions(index: int, seed: int = 0) -> List[Tuple[str, str]]:
     """Questions about scene ``index`` and their answers (the synthetic VQA data)."""
     (c0, s0), (c1, s1) = _objects(random.Random(seed * 1_000_003 + index))

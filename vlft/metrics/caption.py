@@ -16,6 +16,8 @@ says why (once per reason). :func:`spice_unavailable_reason` tells a caller ahea
 """
 from __future__ import annotations
 
+import atexit
+
 import logging
 import os
 import shutil
@@ -165,6 +167,11 @@ class CaptionScorer:
                 scores["SPICE"] = spice
         return scores
 
+    def start(self) -> None:
+        """Start METEOR's JVM now (it loads its 60 MB of tables in the background while the
+        caller goes on); the first score otherwise starts it and waits for it."""
+        self._start_meteor()
+
     def _start_meteor(self) -> None:
         if self._meteor is None:
             from pycocoevalcap.meteor.meteor import Meteor
@@ -207,6 +214,19 @@ def _spice_score(gts, res) -> Optional[float]:
     except Exception as err:  # noqa: BLE001 - SPICE is optional; a failure must not end the evaluation
         _warn_once(f"SPICE failed: {type(err).__name__}: {err}")
         return None
+
+
+_SHARED: Dict[bool, CaptionScorer] = {}
+
+
+def shared_scorer(spice: bool = False) -> CaptionScorer:
+    """The process's scorer (one METEOR JVM for every evaluation and task in the process,
+    e.g. a Python session that evaluates several models); closed when the process exits."""
+    if not _SHARED:
+        atexit.register(lambda: [scorer.close() for scorer in _SHARED.values()])
+    if spice not in _SHARED:
+        _SHARED[spice] = CaptionScorer(spice=spice)
+    return _SHARED[spice]
 
 
 def caption_metrics(ground_truth: Dict[Any, List[str]], predictions: Dict[Any, str], spice: bool = True) -> Dict[str, float]:

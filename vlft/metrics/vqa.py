@@ -1,4 +1,5 @@
-"""VQA accuracy: the official VQA v2 metric, and answer lemmatisation for OK-VQA.
+"""VQA accuracy: the official VQA v2 metric, LAVIS's A-OKVQA and GQA accuracies, and
+answer lemmatisation for OK-VQA.
 
 Normalisation and accuracy follow the VQA v2 evaluation script (GT-Vision-Lab/VQA,
 ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``; LAVIS ships a copy): the same
@@ -15,6 +16,9 @@ Where we differ from that script, on purpose:
 - With a single reference answer leave-one-out has no one left to agree with (it
   would always score 0); we score an exact match (after normalisation) 1, else 0.
 - Scores are not rounded (the script rounds percentages to 2 decimals).
+
+A-OKVQA (:func:`aokvqa_scores`) and GQA (:func:`gqa_scores`) are scored as LAVIS's
+``AOKVQATask`` / ``GQATask`` do, see those functions.
 
 Quirks of the script that we keep, so that the numbers match: its period regex keeps
 a period only when a digit follows ("3.5" and ".5" keep theirs, "5." loses it); it
@@ -219,6 +223,78 @@ def vqa_scores(
             scores[answer_type] = 100.0 * sum(by_type[answer_type]) / len(by_type[answer_type])
     scores["num_questions"] = len(per_question)
     return scores
+
+
+# --- A-OKVQA and GQA (LAVIS's AOKVQATask / GQATask) ----------------------------------
+
+
+def aokvqa_direct_answer_accuracy(prediction: str, direct_answers: Sequence[str]) -> float:
+    """A-OKVQA direct-answer accuracy (0..1) of one prediction: ``min(1, n / 3)``, ``n``
+    being how many of the annotators' direct answers equal it exactly. No normalisation
+    and no leave-one-out, as LAVIS's ``AOKVQATask`` and A-OKVQA's own evaluation
+    (allenai/aokvqa ``eval_predictions.py``) compute it."""
+    _check_answers(direct_answers, "aokvqa_direct_answer_accuracy: direct_answers")
+    return min(1.0, sum(prediction == answer for answer in direct_answers) / 3.0)
+
+
+def aokvqa_scores(
+    predictions: Mapping[Hashable, str],
+    direct_answers: Mapping[Hashable, Sequence[str]],
+    choice_predictions: Optional[Mapping[Hashable, str]] = None,
+    correct_choices: Optional[Mapping[Hashable, str]] = None,
+) -> Dict[str, float]:
+    """A-OKVQA scores in percent: ``acc`` (direct answers, :func:`aokvqa_direct_answer_accuracy`
+    averaged over the questions) and ``agg_metrics`` (the same, as LAVIS), plus, when
+    ``choice_predictions`` (question id -> the chosen choice) and ``correct_choices``
+    (question id -> the right choice) are given, ``mc_acc``: the percentage of questions
+    whose chosen choice is the right one (LAVIS does not score the multiple-choice task;
+    A-OKVQA's evaluation does, this way). A question without a prediction scores 0."""
+    _check_ids(predictions, direct_answers, None)
+    missing = [qid for qid in direct_answers if qid not in predictions]
+    if missing:
+        logger.warning("aokvqa_scores: %d of %d questions have no prediction and count as wrong, e.g. %s",
+                       len(missing), len(direct_answers), _some(missing, 3))
+    total = sum(aokvqa_direct_answer_accuracy(predictions[qid], answers) if qid in predictions else 0.0
+                for qid, answers in direct_answers.items())
+    accuracy = 100.0 * total / len(direct_answers)
+    scores: Dict[str, float] = {"agg_metrics": accuracy, "acc": accuracy}
+    if choice_predictions is not None and correct_choices:
+        right = sum(choice_predictions.get(qid) == choice for qid, choice in correct_choices.items())
+        scores["mc_acc"] = 100.0 * right / len(correct_choices)
+    scores["num_questions"] = len(direct_answers)
+    return scores
+
+
+def normalize_gqa_answer(answer: str) -> str:
+    """An answer as LAVIS's ``GQATask`` compares it: VQA v2's punctuation step, then its
+    digit / article / contraction step (:func:`normalize_answer` without its first step,
+    newlines and tabs to spaces and a strip, which LAVIS's GQA scoring leaves out)."""
+    if not isinstance(answer, str):
+        raise TypeError(f"normalize_gqa_answer: expected an answer string, got {type(answer).__name__}")
+    return _map_words(_strip_punctuation(answer))
+
+
+def gqa_scores(predictions: Mapping[Hashable, str],
+               ground_truth: Mapping[Hashable, Any]) -> Dict[str, float]:
+    """GQA accuracy in percent, as LAVIS's ``GQATask``: a prediction is right when, after
+    :func:`normalize_gqa_answer` on both sides, it equals the question's answer
+    (``ground_truth``: question id -> the answer, or a list holding it; with several,
+    any of them). ``acc`` and ``agg_metrics`` are the same number. A question without a
+    prediction scores 0."""
+    truth = {qid: [answer] if isinstance(answer, str) else list(answer) for qid, answer in ground_truth.items()}
+    _check_ids(predictions, truth, None)
+    missing = [qid for qid in truth if qid not in predictions]
+    if missing:
+        logger.warning("gqa_scores: %d of %d questions have no prediction and count as wrong, e.g. %s",
+                       len(missing), len(truth), _some(missing, 3))
+    right = 0
+    for qid, answers in truth.items():
+        _check_answers(answers, f"gqa_scores: ground_truth[{qid!r}]")
+        if qid in predictions:
+            pred = normalize_gqa_answer(predictions[qid])
+            right += any(pred == normalize_gqa_answer(a) for a in answers)
+    accuracy = 100.0 * right / len(truth)
+    return {"agg_metrics": accuracy, "acc": accuracy, "num_questions": len(truth)}
 
 
 # --- lemmatisation (OK-VQA) ---------------------------------------------------------

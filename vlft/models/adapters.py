@@ -108,8 +108,11 @@ def apply_peft(model: nn.Module, cfg: Mapping[str, Any]) -> nn.Module:
     targets = list(cfg.get("target_modules") or [])
     if not targets:
         raise ValueError(f"model.peft.target_modules is required; candidates: {', '.join(lora_candidates(model))}")
+    resolve = getattr(model, "resolve_lora_targets", None)  # a model's own presets / regexes (e.g. Florence-2)
+    if callable(resolve):
+        targets = resolve(targets)  # one regex peft full-matches, already checked by the model
     module_names = [n for n, _ in model.named_modules()]
-    for target in targets:
+    for target in [] if isinstance(targets, str) else targets:
         if not any(n == target or n.endswith("." + target) for n in module_names):
             raise ValueError(f"model.peft.target_modules: '{target}' matches no module of {type(model).__name__}; "
                              f"candidates: {', '.join(lora_candidates(model))}")

@@ -17,6 +17,19 @@ need a second key map and a copy into the HF layout at every export. LAVIS check
 ``vlft.models.convert.lavis_blip2``. HF's ``post_layernorm`` plays LAVIS's
 ``ln_vision``: the LayerNorm after the ViT that BLIP-2 trains while the ViT is frozen.
 
+LayerNorm eps: LAVIS's EVA blocks use 1e-6 but its ``ln_vision`` is
+``nn.LayerNorm(num_features)`` with torch's default 1e-5 (for every ``vit_model``),
+while ``Blip2VisionModel`` gives ``post_layernorm`` the config's single
+``layer_norm_eps``. :func:`vision_config` therefore adds ``post_layernorm_eps`` (1e-5)
+to the config, and :func:`prepare_vision_encoder` sets ``post_layernorm.eps`` from it,
+so a LAVIS checkpoint gives LAVIS's features. The field is saved in ``config.json`` by
+``save_hf`` and honoured when vlft loads that directory; transformers itself ignores
+it, so plain ``Blip2*.from_pretrained`` of a vlft export runs ``post_layernorm`` at
+``layer_norm_eps`` (1e-6; 1.8e-4 on a tiny random model's features). HF's
+``Salesforce/blip2-*`` configs have no such field: transformers' own LAVIS conversion
+kept 1e-6, and vlft loads them as transformers defines them. Set ``vision_config:
+{post_layernorm_eps: 1e-6}`` in the model section for the HF value.
+
 ``prepare_vision_encoder`` applies LAVIS's ``freeze_vit`` / ``vit_precision`` /
 ``use_grad_checkpoint`` options to a built encoder.
 """
@@ -48,11 +61,14 @@ VISION_ENCODERS: Dict[str, Dict[str, Any]] = {
 }
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: LAVIS's ``ln_vision`` (``Blip2Base.init_vision_encoder``): torch's default LayerNorm eps
+LN_VISION_EPS = 1e-5
 
 
 def vision_config(vit_model: str = "eva_clip_g", image_size: int | None = None, **overrides):
     """The ``Blip2VisionConfig`` of a named encoder at ``image_size`` (default: the
-    encoder's native size, 224 for ``eva_clip_g``); ``overrides`` replace any field."""
+    encoder's native size, 224 for ``eva_clip_g``), with ``post_layernorm_eps`` (LAVIS's
+    ``ln_vision`` eps, see the module docstring); ``overrides`` replace any field."""
     from transformers import Blip2VisionConfig
 
     if vit_model not in VISION_ENCODERS:
@@ -61,7 +77,7 @@ def vision_config(vit_model: str = "eva_clip_g", image_size: int | None = None, 
         raise KeyError(f"unknown vit_model {vit_model!r}; known vision encoders (nearest first): {nearest}")
     # transformers' Blip2VisionConfig initialises with std 1e-10 (it expects pretrained
     # weights), which leaves a ViT trained from scratch with ~zero features
-    kwargs = dict(VISION_ENCODERS[vit_model], initializer_range=0.02)
+    kwargs = dict(VISION_ENCODERS[vit_model], initializer_range=0.02, post_layernorm_eps=LN_VISION_EPS)
     if image_size is not None:
         kwargs["image_size"] = image_size
     kwargs.update(overrides)
@@ -96,10 +112,19 @@ def hold_own_precision(module: nn.Module) -> None:
     module.forward = functools.partial(_forward_own_precision, module)
 
 
+def apply_post_layernorm_eps(vision_model: nn.Module) -> None:
+    """Set ``post_layernorm.eps`` from the config's ``post_layernorm_eps`` when it has one
+    (vlft-built configs: LAVIS's ``ln_vision``); otherwise transformers' value stays."""
+    eps = getattr(vision_model.config, "post_layernorm_eps", None)
+    if eps is not None:
+        vision_model.post_layernorm.eps = float(eps)
+
+
 def prepare_vision_encoder(vision_model: nn.Module, freeze_vit: bool = True, vit_precision: str = "fp16",
                            use_grad_checkpoint: bool = False) -> None:
     """Apply LAVIS's ViT options in place to a ``Blip2VisionModel``.
 
+    ``post_layernorm`` takes its eps from the config (:func:`apply_post_layernorm_eps`).
     Frozen (``freeze_vit``): every parameter except ``post_layernorm`` (LAVIS's
     ``ln_vision``, trained in both stages) stops requiring grad, and the module stays in
     eval mode: its ``train`` is replaced on this instance, so ``model.train()`` of the
@@ -112,6 +137,7 @@ def prepare_vision_encoder(vision_model: nn.Module, freeze_vit: bool = True, vit
     """
     if vit_precision not in PRECISIONS:
         raise ValueError(f"vit_precision must be one of {sorted(PRECISIONS)}, got {vit_precision!r}")
+    apply_post_layernorm_eps(vision_model)
     norm = vision_model.post_layernorm
     if type(norm) is nn.LayerNorm:
         norm.__class__ = Fp32LayerNorm  # same parameters and keys, only forward differs

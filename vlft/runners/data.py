@@ -152,9 +152,14 @@ def concat(datasets: List[Dataset]) -> Dataset:
     return ConcatDataset(datasets)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: int, world: int) -> DataLoader:
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, rank: int, world: int,
+                shard: bool = True) -> DataLoader:
+    """This rank's evaluation batches: its shard of the split, or with ``shard=False``
+    (``run.use_dist_eval_sampler: false``, as LAVIS) the whole split on every rank."""
     # a streaming dataset splits itself by rank and worker; an indexed one is sharded here
-    sampler = None if isinstance(dataset, IterableDataset) else ShardSampler(len(dataset), world, rank)
+    sampler = None
+    if not isinstance(dataset, IterableDataset):
+        sampler = ShardSampler(len(dataset), world, rank) if shard else ShardSampler(len(dataset), 1, 0)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_fn_of(dataset), drop_last=False)
 

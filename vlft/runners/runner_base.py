@@ -27,6 +27,7 @@ from vlft.runners.data import MicroBatchStream, concat, eval_loader
 from vlft.models.adapters import UnfreezeSchedule, export
 from vlft.runners.optim import build_optimizer
 from vlft.runners.strategies import build_strategy
+from vlft.runners.zero_weights import gathered
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,10 @@ class RunnerBase:
                 t_data = time.time()
                 samples = move_to_device(next(batches), self.device)
                 data_time += time.time() - t_data
+                if isinstance(samples, dict):  # where training is, as LAVIS's loop tells its models
+                    # (BLIP's momentum distillation ramps alpha up over the first two epochs)
+                    samples.update(epoch=inner, num_iters_per_epoch=self.steps_per_inner * accum,
+                                   iters=(step - inner * self.steps_per_inner) * accum + micro)
                 strategy.sync_gradients(last_micro_step=micro == accum - 1)
                 with strategy.autocast():
                     out = self.task.train_step(strategy.model, samples)
@@ -238,7 +243,7 @@ class RunnerBase:
     # ------------------------------------------------------------------ between inner epochs
     def after_inner_epoch(self, inner: int) -> bool:
         """Validate, keep the best weights, write the resumable checkpoint; True to stop early."""
-        if self.run_cfg.valid_splits:
+        if self.run_cfg.valid_splits and self.validates_after(inner):
             metrics = self.run_evaluation(list(self.run_cfg.valid_splits), tag="val", epoch=inner)
             aggs = [m["agg_metrics"] for m in metrics.values() if "agg_metrics" in m]
             agg = sum(aggs) / len(aggs) if aggs else None
@@ -250,12 +255,25 @@ class RunnerBase:
             elif agg is not None:
                 p.bad_evals += 1
         self.save_resumable()
+        snapshot = self.snapshot_name(inner)
+        if snapshot:  # a numbered copy that later epochs do not overwrite
+            self.save_resumable(self.run_dir / snapshot)
         patience = self.run_cfg.early_stop_patience
         if patience and self.progress.bad_evals >= patience:
             logger.info("early stop: no improvement in %d validations (best %.4f at step %s)",
                         patience, self.progress.best_agg, self.progress.best_step)
             return True
         return False
+
+    def validates_after(self, inner: int) -> bool:
+        """``run.val_freq`` as LAVIS's runner_base reads it: after epochs 0, N, 2N, ... (0-based)."""
+        return inner % self.run_cfg.get("val_freq", 1) == 0
+
+    def snapshot_name(self, inner: int) -> Optional[str]:
+        """``run.save_freq`` as LAVIS's runner_base: ``checkpoint_<epoch>.pth`` after epochs
+        0, N, 2N, ...; None when no snapshot is due (``save_freq`` <= 0: none at all)."""
+        freq = self.run_cfg.get("save_freq", -1)
+        return f"checkpoint_{inner}.pth" if freq > 0 and inner % freq == 0 else None
 
     def run_evaluation(self, splits: List[str], tag: str, epoch: Any = None) -> Dict[str, Dict[str, float]]:
         """Evaluate every dataset that has one of ``splits``; metrics keyed ``dataset/split``."""
@@ -266,7 +284,8 @@ class RunnerBase:
             for split in splits:
                 if split not in ds_splits:
                     continue
-                loader = eval_loader(ds_splits[split], run.batch_size_eval, run.num_workers, dist.get_rank(), dist.get_world_size())
+                loader = eval_loader(ds_splits[split], run.batch_size_eval, run.num_workers, dist.get_rank(),
+                                     dist.get_world_size(), shard=run.get("use_dist_eval_sampler", True))
                 autocast = self.strategy.autocast() if self.strategy else torch.autocast(self.device.type, enabled=False)
                 batches = _OnDevice(loader, self.device)
                 with autocast:
@@ -295,14 +314,20 @@ class RunnerBase:
             before = "" if not start else "untrained %.4f -> " % (sum(m["agg_metrics"] for m in start.values()) / len(start))
             logger.info("validation agg_metrics: %sbest %.4f at step %d", before, self.progress.best_agg, self.progress.best_step)
         best = self.run_dir / ckpt_io.BEST
+        module = self.strategy.module
+        if self.strategy.name == "deepspeed" and dist.is_main_process():
+            results["fp32"] = self._consolidate_fp32()
         if best.is_file():  # the model leaves training with its best weights
-            ckpt_io.load_model_weights(self.strategy.module, best)
+            with gathered(module):  # ZeRO-3: full parameters to load into
+                ckpt_io.load_model_weights(module, best)
         if self.run_cfg.test_splits:
             logger.info("testing with the %s weights", f"best (step {self.progress.best_step})" if best.is_file() else "final")
             results["test"] = self.run_evaluation(list(self.run_cfg.test_splits), tag="test")
-        if dist.is_main_process() and (self.run_cfg.export_hf or self.config.model_cfg.get("peft")):
-            results["export"] = {k: str(v) for k, v in export(self.strategy.module, self.run_dir).items()}
-            logger.info("exported %s", results["export"])
+        if self.run_cfg.export_hf or self.config.model_cfg.get("peft"):
+            with gathered(module):
+                if dist.is_main_process():
+                    results["export"] = {k: str(v) for k, v in export(module, self.run_dir).items()}
+                    logger.info("exported %s", results["export"])
         if dist.is_main_process() and self.run_cfg.plot_curves:
             png = plot_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
             if png:
@@ -310,13 +335,26 @@ class RunnerBase:
         self.sinks.close()
         return results
 
+    def _consolidate_fp32(self) -> Optional[str]:
+        """The final trainable weights in fp32 from the ZeRO shards (``model_fp32.pth``); a
+        failure is a warning, since the run's checkpoints are already written."""
+        from vlft.runners.zero_weights import FP32, consolidate_fp32
+
+        try:
+            return str(consolidate_fp32(self.run_dir / ckpt_io.LATEST, self.run_dir / FP32))
+        except Exception as err:  # the training itself succeeded; say how to do it by hand
+            logger.warning("could not consolidate the fp32 weights (%s: %s); run the zero_to_fp32.py script in %s.ds",
+                           type(err).__name__, err, self.run_dir / ckpt_io.LATEST)
+            return None
+
     # ------------------------------------------------------------------ checkpoints
     def _model_state(self, full: bool) -> Dict[str, torch.Tensor]:
         return ckpt_io.model_state(self.strategy.module, full, state=self.strategy.model_state_dict())
 
-    def save_resumable(self) -> Path:
-        """Everything needed to continue exactly; every rank must call it (RNG states are gathered)."""
-        path = self.run_dir / ckpt_io.LATEST
+    def save_resumable(self, path: Optional[Path] = None) -> Path:
+        """Everything needed to continue exactly, in ``path`` (default checkpoint_latest.pth);
+        every rank must call it (RNG states are gathered)."""
+        path = path or self.run_dir / ckpt_io.LATEST
         rngs = dist.all_gather_object(rng_state())
         model_state = self._model_state(self.run_cfg.save_full)
         self.strategy.save_extra(path)

@@ -29,17 +29,26 @@ class BaseTask:
     def __init__(self, **options: Any):
         self.options = options
 
+    #: the ``run:`` section the task was set up from (``run.cache_root`` for files a run key names)
+    run_cfg: Mapping[str, Any] = {}
+
     @classmethod
     def setup_task(cls, cfg) -> "BaseTask":
         run = cfg.run_cfg
-        return cls(**{k: run.get(k) for k in cls.RUN_OPTIONS})
+        task = cls(**{k: run.get(k) for k in cls.RUN_OPTIONS})
+        task.run_cfg = run
+        return task
 
     def build_model(self, cfg):
-        """The registered model ``from_config``, then freezing / peft as the model section asks."""
+        """The registered model ``from_config``, then freezing / peft as the model section asks.
+        Checkpoint locations (``pretrained``, ``finetuned``, ...) are made local first: URLs
+        downloaded into the cache, relative paths under ``run.cache_root``."""
+        from vlft.common.utils import resolve_model_paths
         from vlft.models.adapters import apply_finetuning
 
         model_cls = registry.get_model_class(cfg.model_cfg.arch)
-        return apply_finetuning(model_cls.from_config(cfg.model_cfg), cfg.model_cfg)
+        model_cfg = resolve_model_paths(cfg.model_cfg, cfg.run_cfg)
+        return apply_finetuning(model_cls.from_config(model_cfg), model_cfg)
 
     def build_datasets(self, cfg) -> Dict[str, Dict[str, Any]]:
         """``{dataset name: {split: torch Dataset}}`` for every entry under ``datasets:``."""

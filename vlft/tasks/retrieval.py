@@ -1,7 +1,7 @@
 """Task ``retrieval``: image-text retrieval scored as LAVIS reports it.
 
 For every image the ``k_test`` texts most similar by ITC (and for every text the
-``k_test`` most similar images) are re-scored with ``ITM match probability + ITC
+``k_test`` most similar images) are re-scored with ``ITM match logit + ITC
 similarity``; every other pair keeps -100. Recall@1/5/10 both ways, their means,
 ``r_mean`` and ``agg_metrics = txt_r_mean`` (as LAVIS) come from ``vlft.metrics.retrieval``.
 
@@ -65,7 +65,7 @@ class RetrievalTask(BaseTask):
         all_feat = torch.zeros((n_img,) + tuple(next(f for _, f in gathered if f.numel()).shape[1:]))
         for idx, feat in gathered:
             if idx:
-                all_feat[torch.tensor(idx)] = feat
+                all_feat[torch.tensor(idx)] = feat.float()  # bf16 under autocast; kept in fp32 here
         all_feat = all_feat.to(device)
         # texts: each rank encodes a contiguous slice, then all ranks share ids and features
         text = self._text_features(model, dataset.text)
@@ -74,7 +74,14 @@ class RetrievalTask(BaseTask):
         score_i2t = torch.full((n_img, n_txt), -100.0, device=device)
         score_t2i = torch.full((n_txt, n_img), -100.0, device=device)
         k_txt, k_img = min(self.k_test, n_txt), min(self.k_test, n_img)
-        own = torch.tensor(indices, dtype=torch.long, device=device)
+        # run.use_dist_eval_sampler: false gives every rank every image: each image's ITM
+        # pairs go to one of the ranks that hold it, so no pair is scored (and summed) twice
+        holders: Dict[int, List[int]] = {}
+        for r, (idx, _) in enumerate(gathered):
+            for i in idx:
+                holders.setdefault(i, []).append(r)
+        mine_only = [i for i in indices if holders[i][i % len(holders[i])] == dist.get_rank()]
+        own = torch.tensor(mine_only, dtype=torch.long, device=device)
         pairs = []  # (image index, text index, which matrix)
         if own.numel():
             top_txt = sim[own].topk(k_txt, dim=1).indices

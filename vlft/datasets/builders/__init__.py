@@ -1,17 +1,30 @@
 from vlft.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from vlft.datasets.builders.caption_builders import (
     COCOCapBuilder,
+    ConceptualCaption3MBuilder,
+    ConceptualCaption12MBuilder,
     CustomCaptionBuilder,
     HFCaptionBuilder,
+    NoCapsBuilder,
+    SBUCaptionBuilder,
+    VGCaptionBuilder,
     WebDatasetCaptionBuilder,
 )
+from vlft.datasets.builders.classification_builders import NLVRBuilder
 from vlft.datasets.builders.retrieval_builders import (
     COCORetrievalBuilder,
     CustomRetrievalBuilder,
     Flickr30kBuilder,
 )
 from vlft.datasets.builders.synthetic_shapes import SyntheticShapesBuilder
-from vlft.datasets.builders.vqa_builders import COCOVQABuilder, CustomVQABuilder
+from vlft.datasets.builders.vqa_builders import (
+    AOKVQABuilder,
+    COCOVQABuilder,
+    CustomVQABuilder,
+    GQABuilder,
+    OKVQABuilder,
+    VGVQABuilder,
+)
 
 __all__ = [
     "BaseDatasetBuilder",
@@ -25,4 +38,14 @@ __all__ = [
     "CustomRetrievalBuilder",
     "COCOVQABuilder",
     "CustomVQABuilder",
+    "OKVQABuilder",
+    "AOKVQABuilder",
+    "GQABuilder",
+    "VGVQABuilder",
+    "NoCapsBuilder",
+    "VGCaptionBuilder",
+    "ConceptualCaption3MBuilder",
+    "ConceptualCaption12MBuilder",
+    "SBUCaptionBuilder",
+    "NLVRBuilder",
 ]

@@ -3,11 +3,17 @@
 A builder names its dataset classes (``train_dataset_cls``, ``eval_dataset_cls``) and
 its default YAML (``DATASET_CONFIG_DICT``); ``build_datasets`` makes one dataset per
 split listed in ``build_info.annotations`` with the split's processors.
+
+Builders whose sources differ only in how they read their files share the dataset
+classes and declare their ``reader`` (one line), a function
+``(split, info, build_info, run_cfg) -> records...`` that the dataset classes call
+instead of their own ``read_annotations``. A builder without a training (or an
+evaluation) dataset class, e.g. ``nocaps`` (eval only), rejects that split by name.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from omegaconf import OmegaConf
 
@@ -20,6 +26,9 @@ logger = logging.getLogger(__name__)
 class BaseDatasetBuilder:
     train_dataset_cls: Optional[type] = None
     eval_dataset_cls: Optional[type] = None
+    #: reads a split's annotations for the shared dataset classes; a plain function,
+    #: ``staticmethod`` or ``functools.partial`` (always read from the class, never bound)
+    reader: Optional[Callable[..., Any]] = None
     DATASET_CONFIG_DICT: Dict[str, str] = {}
 
     def __init__(self, cfg: Optional[Mapping[str, Any]] = None, run_cfg: Optional[Mapping[str, Any]] = None):
@@ -55,11 +64,17 @@ class BaseDatasetBuilder:
         annotations = build_info.get("annotations") or {}
         if not annotations:
             raise ValueError(f"{type(self).__name__}: build_info.annotations names no split (e.g. train, val, test)")
+        reader = _reader_of(type(self))
         datasets = {}
         for split, info in annotations.items():
             is_train = split == "train"
             cls = self.train_dataset_cls if is_train else self.eval_dataset_cls
+            if cls is None:  # e.g. nocaps (evaluation only), vg_caption (training only)
+                builds = "evaluation splits only (val, test, ...)" if is_train else "a training split ('train') only"
+                raise ValueError(f"{type(self).__name__}: cannot build split '{split}': this builder has {builds}; "
+                                 f"remove build_info.annotations.{split}")
             proc = "train" if is_train else "eval"
+            extra = {"reader": reader} if reader is not None else {}
             datasets[split] = cls(
                 vis_processor=self.vis_processors[proc],
                 text_processor=self.text_processors[proc],
@@ -67,5 +82,16 @@ class BaseDatasetBuilder:
                 info=info,
                 build_info=build_info,
                 run_cfg=self.run_cfg,
+                **extra,
             )
         return datasets
+
+
+def _reader_of(cls: type) -> Optional[Callable[..., Any]]:
+    """The builder's ``reader`` as a plain callable: looked up in the class dicts, so a
+    function assigned in a class body is never bound to the builder instance."""
+    for klass in cls.__mro__:
+        if "reader" in klass.__dict__:
+            reader = klass.__dict__["reader"]
+            return reader.__func__ if isinstance(reader, staticmethod) else reader
+    return None

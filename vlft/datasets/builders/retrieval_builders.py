@@ -30,52 +30,30 @@ from vlft.datasets.retrieval_datasets import (
 )
 
 
-class COCORetrievalDataset(CaptionDataset):
-    read_annotations = staticmethod(read_coco_retrieval)
-
-
-class COCORetrievalEvalDataset(RetrievalEvalDataset):
-    read_annotations = staticmethod(read_coco_retrieval)
-
-
-class Flickr30kDataset(CaptionDataset):
-    read_annotations = staticmethod(read_flickr30k)
-
-
-class Flickr30kEvalDataset(RetrievalEvalDataset):
-    read_annotations = staticmethod(read_flickr30k)
-
-
-class CustomRetrievalDataset(CaptionDataset):
-    read_annotations = staticmethod(read_retrieval_custom)
-
-
-class CustomRetrievalEvalDataset(RetrievalEvalDataset):
-    read_annotations = staticmethod(read_retrieval_custom)
+class _RetrievalBuilder(BaseDatasetBuilder):
+    train_dataset_cls = CaptionDataset
+    eval_dataset_cls = RetrievalEvalDataset
 
 
 @registry.register_builder("coco_retrieval")
-class COCORetrievalBuilder(BaseDatasetBuilder):
+class COCORetrievalBuilder(_RetrievalBuilder):
     """COCO image-text retrieval on LAVIS's Karpathy split (files are read, never downloaded)."""
 
-    train_dataset_cls = COCORetrievalDataset
-    eval_dataset_cls = COCORetrievalEvalDataset
+    reader = staticmethod(read_coco_retrieval)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/coco_retrieval/defaults.yaml"}
 
 
 @registry.register_builder("flickr30k")
-class Flickr30kBuilder(BaseDatasetBuilder):
+class Flickr30kBuilder(_RetrievalBuilder):
     """Flickr30k image-text retrieval in LAVIS's JSON format (files are read, never downloaded)."""
 
-    train_dataset_cls = Flickr30kDataset
-    eval_dataset_cls = Flickr30kEvalDataset
+    reader = staticmethod(read_flickr30k)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/flickr30k/defaults.yaml"}
 
 
 @registry.register_builder("retrieval_custom")
-class CustomRetrievalBuilder(BaseDatasetBuilder):
+class CustomRetrievalBuilder(_RetrievalBuilder):
     """Your own image-text pairs for retrieval, from JSON / JSONL / CSV files and an image folder."""
 
-    train_dataset_cls = CustomRetrievalDataset
-    eval_dataset_cls = CustomRetrievalEvalDataset
+    reader = staticmethod(read_retrieval_custom)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/retrieval_custom/defaults.yaml"}

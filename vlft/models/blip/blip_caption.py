@@ -29,10 +29,14 @@ logger = logging.getLogger(__name__)
 _TORCH_CKPT = (".pth", ".pt", ".bin", ".safetensors")
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, enc_token: bool = True):
     """``shapes`` (the demo's word-level tokenizer), ``shapes_qa`` (the same plus the
-    synthetic questions' words) or a HF tokenizer id / directory. A BERT tokenizer gets
-    BLIP's [DEC] start token if it lacks one (as LAVIS adds it)."""
+    synthetic questions' words) or a HF tokenizer id / directory. A BERT tokenizer that
+    lacks a start token gets LAVIS's: ``[DEC]`` as bos, plus ``[ENC]`` (an additional
+    special token) when ``enc_token``. BLIP adds both (``BlipBase.init_tokenizer``:
+    bert-base-uncased grows from 30,522 to 30,524 tokens); BLIP-2 adds only ``[DEC]``
+    (``Blip2Base.init_tokenizer``: 30,523, as in HF's ``Salesforce/blip2-*``), so its
+    models pass ``enc_token=False``."""
     if name in ("shapes", "shapes_qa"):
         from vlft.datasets.synthetic_shapes import QA_TEXT, shapes_tokenizer
 
@@ -41,11 +45,18 @@ def load_tokenizer(name: str):
 
     tokenizer = AutoTokenizer.from_pretrained(name)
     if tokenizer.bos_token is None:
-        tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+        tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+        if enc_token:
+            tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     return tokenizer
 
 
 def build_blip_config(cfg: Mapping[str, Any], tokenizer):
+    """A ``BlipConfig`` from the ``model:`` section (``text_config`` / ``vision_config``
+    override any field). Defaults as LAVIS builds BLIP: the ViT's LayerNorms use eps
+    1e-6 (LAVIS's ``vit.py``; transformers' ``BlipVisionConfig`` default is 1e-5, and HF
+    ``Salesforce/blip-*`` checkpoints keep theirs, as they load through
+    ``from_pretrained``), the BERT's 1e-12, the LM loss label smoothing 0.1."""
     from transformers import BlipConfig
 
     text = dict(cfg.get("text_config") or {})
@@ -54,6 +65,7 @@ def build_blip_config(cfg: Mapping[str, Any], tokenizer):
     text.setdefault("label_smoothing", 0.1)
     vision = dict(cfg.get("vision_config") or {})
     vision.setdefault("image_size", cfg.get("image_size", 384))
+    vision.setdefault("layer_norm_eps", 1e-6)
     text.setdefault("encoder_hidden_size", vision.get("hidden_size", 768))
     return BlipConfig(text_config=text, vision_config=vision)
 
@@ -88,6 +100,7 @@ class BlipCaption(BaseModel):
         "base_coco": "configs/models/blip/caption_base_coco.yaml",
         "large_coco": "configs/models/blip/caption_large_coco.yaml",
         "base": "configs/models/blip/caption_base.yaml",
+        "large": "configs/models/blip/caption_large.yaml",
         "tiny": "configs/models/blip/caption_tiny.yaml",
     }
 

@@ -49,7 +49,6 @@ from vlft.models.base_model import BaseModel
 from vlft.models.blip.blip_caption import build_blip_config, load_lavis_weights, load_tokenizer
 
 logger = logging.getLogger(__name__)
-_TORCH_CKPT = (".pth", ".pt", ".bin", ".safetensors")
 _LAVIS_PREFIXES = ("visual_encoder.", "text_encoder.", "text_decoder.")
 
 
@@ -100,6 +99,8 @@ class BlipVqa(BaseModel):
     PRETRAINED_MODEL_CONFIG_DICT = {
         "vqav2": "configs/models/blip/vqa_vqav2.yaml",
         "vqav2_capfilt_large": "configs/models/blip/vqa_vqav2_capfilt_large.yaml",
+        "okvqa": "configs/models/blip/vqa_okvqa.yaml",
+        "aokvqa": "configs/models/blip/vqa_aokvqa.yaml",
         "tiny": "configs/models/blip/vqa_tiny.yaml",
     }
 
@@ -120,10 +121,14 @@ class BlipVqa(BaseModel):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "BlipVqa":
+        """A HF ``pretrained`` loads whole; a LAVIS / vlft checkpoint goes on a model built from
+        the configured sizes, by LAVIS's rule (``blip_base.load_configured_weights``: with
+        ``load_finetuned`` a complete LAVIS ``finetuned`` replaces ``pretrained``)."""
         from transformers import BlipForQuestionAnswering
 
-        pretrained = cfg.get("pretrained") if cfg.get("load_pretrained", False) else None
-        hf_source = pretrained if pretrained and not str(pretrained).endswith(_TORCH_CKPT) else None
+        from vlft.models.blip.blip_base import hf_pretrained, load_configured_weights
+
+        hf_source = hf_pretrained(cfg)
         tokenizer = load_tokenizer(cfg.get("tokenizer") or hf_source or "bert-base-uncased")
         if hf_source:
             blip = BlipForQuestionAnswering.from_pretrained(hf_source, trust_remote_code=bool(cfg.get("trust_remote_code", False)))
@@ -132,17 +137,13 @@ class BlipVqa(BaseModel):
                 resize_image_size(blip, int(image_size))
         else:
             blip = BlipForQuestionAnswering(build_blip_config(cfg, tokenizer))
-            if pretrained:
-                from vlft.common.utils import resolve_data_path
-
-                load_lavis_vqa_weights(blip, str(resolve_data_path(pretrained)))
         model = cls(blip, tokenizer, max_txt_len=cfg.get("max_txt_len", 35), label_smoothing=cfg.get("label_smoothing"))
-        if cfg.get("load_finetuned", False) and cfg.get("finetuned"):
-            model.load_checkpoint(cfg.finetuned)
+        load_configured_weights(model, cfg)
         return model
 
-    def load_checkpoint(self, path: str):
-        """A vlft checkpoint, or a LAVIS ``blip_vqa`` checkpoint (recognised by its keys)."""
+    def load_checkpoint(self, path):
+        """A vlft checkpoint, or a LAVIS ``blip_vqa`` checkpoint (recognised by its keys); a path or
+        an already loaded dict."""
         from vlft.runners.checkpoint import load_model_weights, read
 
         raw = read(path) if not isinstance(path, Mapping) else path

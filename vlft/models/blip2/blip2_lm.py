@@ -11,13 +11,37 @@ LAVIS semantics kept:
 - Decoder-only (OPT): ``[queries; source + target + end]``, where ``end`` is "\\n" when
   the tokenizer has a token for it (LAVIS ends OPT captions with it and stops decoding
   there), else the eos token; the queries, the source and the padding are excluded from
-  the loss.
+  the loss. With an empty source (``prompt: ""``, LAVIS's stage-2 pre-training default)
+  the tokenizer's BOS (OPT's ``</s>``) stays a target, predicted from the last query,
+  as in LAVIS, which masks only the prompt and the padding (``bos_target: false`` leaves
+  it out: generation always starts from it, so it need not be learned).
 - Encoder-decoder (T5): the encoder reads ``[queries; source]``, the decoder learns the
-  target.
+  target (truncated at ``max_output_txt_len``, by default ``max_txt_len`` as LAVIS's
+  ``blip2_t5`` truncates both).
 - Source and target: captions (``text_input`` only) are learned after ``prompt`` (a
   caption that already starts with the prompt, as a ``blip_caption`` processor with a
   ``prompt`` makes it, is not prompted twice); question answering and instruction data
   (``text_output`` present) learn ``text_output`` after ``prompt.format(text_input)``.
+- Generation as LAVIS 1.0.2 runs it (checked against it on the same weights): at most
+  ``max_length`` new tokens (its ``max_new_tokens``); ``min_length`` counts what
+  transformers 4.26 counted: for OPT the prompt's tokens (with BOS) too, for T5 the
+  decoder's start token, so the default 1 lets the text end at once (an empty caption or
+  answer) and an OPT prompt of 8 tokens makes ``min_length`` 8 no constraint. LAVIS's
+  HEAD (OPT from ``inputs_embeds`` under transformers 4.33) counts a BOS placeholder
+  instead: at most ``max_length - 1`` new tokens, at least ``min_length - 1``, whatever
+  the prompt. Nucleus sampling: OPT samples one sequence per caption, T5 keeps its
+  ``num_beams`` (transformers' beam sampling), as LAVIS. Texts are decoded as LAVIS's
+  (:func:`~vlft.models.blip2.blip2_base.decode_texts`).
+- What transformers 5 decodes differently from LAVIS's 4.26 (no option reproduces it):
+  beam search divides a hypothesis' log-probability by ``len ** length_penalty`` where
+  4.26 counted an OPT prompt's tokens in ``len`` and a hypothesis cut at ``max_length``
+  one token longer, so captions can differ where a finished and a running beam are
+  close (seen with ``length_penalty`` 2, or 1 with a prompt); beam sampling (T5 nucleus)
+  draws its first tokens from one beam, 4.26 from ``num_beams`` copies of it.
+- LAVIS's ``Blip2T5.forward`` never applies ``prompt`` (the encoder reads ``text_input``
+  as it is; only ``predict_answers`` formats it); vlft formats ``text_input`` with the
+  prompt in training too, so training and answering see the same input. With
+  ``prompt: ""`` (LAVIS's T5 configs) both are the same.
 - The frozen language model may be held in fp16 / bf16 (``llm_precision``); LoRA on it
   comes from the generic ``model.peft`` section (e.g. ``q_proj``/``v_proj`` for OPT,
   ``q``/``v`` for T5).
@@ -32,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlft.models.blip2.blip2_qformer import (Blip2Base, build_qformer_config, hf_source, init_parts,
-                                             init_query_tokens, load_pretrained_blip2, prepare_vit)
+from vlft.models.blip2.blip2_base import (Blip2Base, build_qformer_config, decode_texts, hf_source, init_parts,
+                                          init_query_tokens, load_pretrained_blip2, prepare_vit)
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -55,12 +79,14 @@ class Blip2LM(Blip2Base):
     llm_key = ""
 
     def __init__(self, blip2: nn.Module, tokenizer, prompt: str = "", max_txt_len: int = 32,
-                 max_output_txt_len: int = 256):
+                 max_output_txt_len: Optional[int] = None, bos_target: bool = True):
         super().__init__()
         self.blip2 = blip2
         self.tokenizer = tokenizer
         self.prompt = prompt or ""
-        self.max_txt_len, self.max_output_txt_len = max_txt_len, max_output_txt_len
+        self.max_txt_len = max_txt_len
+        self.max_output_txt_len = max_txt_len if max_output_txt_len is None else max_output_txt_len
+        self.bos_target = bos_target
         self.decoder_only = bool(blip2.config.use_decoder_only_language_model)
         newline = tokenizer("\n", add_special_tokens=False).input_ids
         self.end_text = "\n" if len(newline) == 1 and tokenizer.decode(newline) == "\n" else (tokenizer.eos_token or "")
@@ -79,12 +105,14 @@ class Blip2LM(Blip2Base):
         else:
             text_config = dict(cfg["text_config"]) if cfg.get("text_config") else \
                 AutoConfig.from_pretrained(llm, trust_remote_code=remote).to_dict()
-            blip2 = Blip2ForConditionalGeneration(build_qformer_config({**cfg, "text_config": text_config}, None, text_input=False))
+            config = build_qformer_config({**cfg, "text_config": text_config}, None, text_input=False)
+            cls.configure_language_model(config.text_config, cfg)
+            blip2 = Blip2ForConditionalGeneration(config)
             init_query_tokens(blip2)
             if llm and not cfg.get("text_config"):
-                blip2.language_model = cls.load_language_model(llm, remote)
+                blip2.language_model = cls.load_language_model(llm, remote, cfg)
         model = cls(blip2, tokenizer, prompt=cfg.get("prompt", ""), max_txt_len=cfg.get("max_txt_len", 32),
-                    max_output_txt_len=cfg.get("max_output_txt_len", 256))
+                    max_output_txt_len=cfg.get("max_output_txt_len"), bos_target=bool(cfg.get("bos_target", True)))
         if not source:
             init_parts(model, cfg)
         load_pretrained_blip2(model, cfg)
@@ -93,8 +121,12 @@ class Blip2LM(Blip2Base):
             model.freeze_language_model(str(cfg.get("llm_precision", "fp32")))
         return model
 
-    @staticmethod
-    def load_language_model(name: str, trust_remote_code: bool) -> nn.Module:
+    @classmethod
+    def configure_language_model(cls, text_config, cfg: Mapping[str, Any]) -> None:
+        """Adjust the language model's config (in place) to LAVIS's before it is built."""
+
+    @classmethod
+    def load_language_model(cls, name: str, trust_remote_code: bool, cfg: Mapping[str, Any]) -> nn.Module:
         raise NotImplementedError
 
     def freeze_language_model(self, precision: str = "fp32") -> None:
@@ -155,7 +187,9 @@ class Blip2LM(Blip2Base):
             tok = self._tokens(joined, "right", self.max_txt_len)
             labels = tok.input_ids.masked_fill(tok.attention_mask == 0, -100)
             for i, s in enumerate(sources):
-                labels[i, : len(self.tokenizer(s).input_ids)] = -100
+                # the source's tokens (with BOS); an empty source masks nothing unless bos_target is off (see above)
+                if s or not self.bos_target:
+                    labels[i, : len(self.tokenizer(s).input_ids)] = -100
             embeds = torch.cat([query.to(dtype), self.embed(tok.input_ids)], 1)
             return {"inputs_embeds": embeds, "attention_mask": torch.cat([ones, tok.attention_mask], 1),
                     "labels": torch.cat([torch.full_like(ones, -100), labels], 1)}
@@ -179,18 +213,28 @@ class Blip2LM(Blip2Base):
                  length_penalty: float = 1.0, num_captions: int = 1, temperature: float = 1.0,
                  prompt: Optional[str] = None) -> List[str]:
         """Text for ``samples["image"]`` after ``prompt`` (default the model's; a
-        ``samples["prompt"]`` list gives one per image). Lengths count new tokens."""
+        ``samples["prompt"]`` list gives one per image). At most ``max_length`` new tokens;
+        ``min_length`` as LAVIS counts it (see the module docstring)."""
         image = samples["image"]
         prompts = samples.get("prompt") or [self.prompt if prompt is None else prompt] * image.shape[0]
         return self._generate(image, list(prompts), dict(
-            num_beams=max(num_beams, num_captions) if not use_nucleus_sampling else 1, do_sample=use_nucleus_sampling,
-            top_p=top_p, temperature=temperature, max_new_tokens=max_length, min_new_tokens=min_length,
+            # LAVIS: OPT samples one sequence at a time; T5 keeps its beams (beam sampling)
+            num_beams=1 if use_nucleus_sampling and self.decoder_only else max(num_beams, num_captions),
+            do_sample=use_nucleus_sampling,
+            top_p=top_p, temperature=temperature, max_new_tokens=max_length, min_length=min_length,
             repetition_penalty=repetition_penalty, length_penalty=length_penalty, num_return_sequences=num_captions))
 
     def _generate(self, image: torch.Tensor, sources: List[str], decoding: Dict[str, Any]) -> List[str]:
+        """``decoding``: transformers' generate arguments, ``min_length`` in LAVIS's sense."""
         query = self.query_embeds(image)
         ones = torch.ones(query.shape[:2], dtype=torch.long, device=query.device)
         src = self._tokens(sources, "left" if self.decoder_only else "right", self.max_txt_len)
+        # transformers 4.26 (LAVIS 1.0.2) counted the prompt's ids (OPT) or the decoder's start
+        # token (T5) towards min_length; OPT generating from inputs_embeds has no prompt ids in
+        # transformers 5, so the bound goes in as a number of new tokens, for both
+        counted = src.input_ids.shape[1] if self.decoder_only else 1
+        decoding = dict(decoding)
+        decoding["min_new_tokens"] = max(int(decoding.pop("min_length", 0)) - counted, 0)
         with torch.autocast(device_type=query.device.type, enabled=False):
             text = self.embed(src.input_ids)
             embeds = torch.cat([query.to(text.dtype), text], 1)
@@ -199,7 +243,7 @@ class Blip2LM(Blip2Base):
         out = self.blip2.language_model.generate(
             inputs_embeds=embeds, attention_mask=torch.cat([ones, src.attention_mask], 1),
             eos_token_id=self.end_id, pad_token_id=self.tokenizer.pad_token_id, **decoding)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return decode_texts(self.tokenizer, out)
 
     @torch.no_grad()
     def predict_answers(self, samples: Mapping[str, Any], inference_method: str = "generate", num_beams: int = 5,
@@ -214,7 +258,7 @@ class Blip2LM(Blip2Base):
         sources = [self.format_prompt(q, prompt) for q in samples["text_input"]]
         if inference_method == "generate":
             return self._generate(samples["image"], sources, dict(num_beams=num_beams, max_new_tokens=max_len,
-                                                                   min_new_tokens=min_len, length_penalty=length_penalty))
+                                                                   min_length=min_len, length_penalty=length_penalty))
         if inference_method != "rank":
             raise ValueError(f"inference_method must be 'generate' or 'rank', got {inference_method!r}")
         if not answer_list:

@@ -1,6 +1,8 @@
 """``blip2_opt``: BLIP-2 with a frozen OPT decoder (LAVIS's ``blip2_opt``)."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from torch import nn
 
 from vlft.common.registry import registry
@@ -18,8 +20,8 @@ class Blip2OPT(Blip2LM):
     }
     llm_key = "opt_model"
 
-    @staticmethod
-    def load_language_model(name: str, trust_remote_code: bool) -> nn.Module:
+    @classmethod
+    def load_language_model(cls, name: str, trust_remote_code: bool, cfg: Mapping[str, Any]) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code)
