@@ -8,6 +8,7 @@ from vlft.processors.blip_processors import (
     BlipQuestionProcessor,
 )
 from vlft.processors.image import SimpleImageEvalProcessor, SimpleImageTrainProcessor
+from vlft.processors.florence2 import Florence2ImageEvalProcessor, Florence2ImageTrainProcessor
 
 __all__ = [
     "BaseProcessor",

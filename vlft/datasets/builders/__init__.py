@@ -11,6 +11,8 @@ from vlft.datasets.builders.caption_builders import (
     WebDatasetCaptionBuilder,
 )
 from vlft.datasets.builders.classification_builders import NLVRBuilder
+from vlft.datasets.builders.detection_builders import (COCODetectionBuilder, FlorenceJsonlBuilder, GroundingJsonlBuilder,
+                                                     HFFlorenceBuilder, ShapesDetectionBuilder)
 from vlft.datasets.builders.retrieval_builders import (
     COCORetrievalBuilder,
     CustomRetrievalBuilder,

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Single node, NPROC GPUs (default 1): NPROC=4 bash run_scripts/florence2/train/grounding_ft.sh [--options ...]
+torchrun --standalone --nproc_per_node=${NPROC:-1} train.py --cfg-path projects/florence2/train/grounding_ft.yaml "$@"
