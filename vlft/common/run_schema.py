@@ -68,6 +68,8 @@ RUN_FIELDS: Dict[str, Field] = {
     "use_dist_eval_sampler": Field(True, (bool,), "shard evaluation splits over the processes; false: every "
                                    "process evaluates the whole split (LAVIS's retrieval setting)"),
     "num_workers": Field(0, (int,), "DataLoader workers per process"),
+    "train_dataset_ratios": Field(None, (dict, type(None)), "{dataset name: weight}: mix the training datasets by "
+                                  "ratio (seeded, resumable; vlft/runners/mixing.py) instead of concatenating them"),
     "max_bad_sample_fraction": Field(0.05, _NUM, "stop when more than this fraction of samples cannot be read"),
     "seed": Field(42, (int,), "random seed (each rank adds its rank)"),
     # hardware and distribution

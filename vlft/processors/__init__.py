@@ -8,6 +8,7 @@ from vlft.processors.blip_processors import (
     BlipQuestionProcessor,
 )
 from vlft.processors.image import SimpleImageEvalProcessor, SimpleImageTrainProcessor
+from vlft.processors.chat import ChatEncoder  # noqa: F401  (conversations -> ids and labels)
 from vlft.processors.florence2 import Florence2ImageEvalProcessor, Florence2ImageTrainProcessor
 
 __all__ = [

@@ -208,6 +208,8 @@ class MicroBatchStream:
                                 collate_fn=collate_fn_of(self.samples), drop_last=True)
             return itertools.islice(loader, offset, None)
         self.samples.epoch = pass_idx
+        if hasattr(self.samples.dataset, "set_epoch"):  # a ratio mix draws its items per pass
+            self.samples.dataset.set_epoch(pass_idx)
         self.sampler.set_epoch(pass_idx)
         self.sampler.set_start(offset * self.batch_size)
         # a fresh generator per pass keeps worker seeds independent of earlier history

@@ -134,6 +134,15 @@ class RunnerBase:
         parts = [splits[s] for splits in self.datasets.values() for s in self.run_cfg.train_splits if s in splits]
         if not parts:
             raise ValueError(f"no dataset has a split named in run.train_splits={list(self.run_cfg.train_splits)}")
+        ratios = self.run_cfg.get("train_dataset_ratios")
+        if ratios:  # several datasets mixed by ratio, seeded and resumable (vlft/runners/mixing.py)
+            from vlft.runners.mixing import RatioMix
+
+            named = {name: concat([splits[s] for s in self.run_cfg.train_splits if s in splits])
+                     for name, splits in self.datasets.items() if any(s in splits for s in self.run_cfg.train_splits)}
+            mix = RatioMix(named, dict(ratios), seed=self.run_cfg.seed)
+            logger.info("training datasets mixed by ratio: %s items per pass", dict(zip(mix.names, mix.counts)))
+            return mix
         return concat(parts)
 
     def _setup_training(self) -> None:

@@ -13,6 +13,7 @@ from vlft.datasets.builders.caption_builders import (
 from vlft.datasets.builders.classification_builders import NLVRBuilder
 from vlft.datasets.builders.detection_builders import (COCODetectionBuilder, FlorenceJsonlBuilder, GroundingJsonlBuilder,
                                                      HFFlorenceBuilder, ShapesDetectionBuilder)
+from vlft.datasets.builders.instruction_builders import MiniGPT4InstructionBuilder  # noqa: F401  (and the others)
 from vlft.datasets.builders.retrieval_builders import (
     COCORetrievalBuilder,
     CustomRetrievalBuilder,
