@@ -47,6 +47,8 @@ def test_get_lora_keeps_the_reference_names_saves_loads_and_merges(tmp_path):
     merged, _ = load_chat_model(str(out / "model.yaml"))
     assert not hasattr(merged.llm_model, "peft_config")
     assert torch.allclose(loss(merged), loss(lora), atol=1e-5)
+    kept, _ = load_chat_model(str(lora.save_hf(str(tmp_path / "unmerged"), merge_lora=False) / "model.yaml"))
+    assert hasattr(kept.llm_model, "peft_config") and torch.equal(loss(kept), loss(lora))
 
 
 def test_generic_peft_exports_adapter_and_merged_model(tmp_path):

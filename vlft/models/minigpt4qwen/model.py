@@ -60,6 +60,7 @@ MODEL_KEYS = {
     "vit_pretrained", "vision_config", "qformer_config", "cross_attention_freq", "llm_config", "llm_tokenizer",
     "llm_precision", "trust_remote_code", "image_token", "pad_token", "system_message", "label_style", "chat_template",
     "lora_target_modules", "llm_grad_checkpoint", "caption_prompt", "vqa_prompt", "padding",
+    "export_merge_lora",
     "freeze", "unfreeze", "peft",  # the generic fine-tuning keys (vlft.models.adapters)
 }
 
@@ -317,10 +318,13 @@ class MiniGPT4Qwen(GenerationMixin, BaseModel):
             return report.missing, report.unexpected
         return load_model_weights(self, {"model": state})
 
-    def save_hf(self, out_dir: str, merge_lora: bool = True):
-        """See ``vlft.models.minigpt4qwen.export.save_hf``."""
+    def save_hf(self, out_dir: str, merge_lora: Optional[bool] = None):
+        """See ``vlft.models.minigpt4qwen.export.save_hf``; ``merge_lora`` defaults to the
+        ``export_merge_lora`` key (true: the exported LLM has the LoRA weights merged in)."""
         from vlft.models.minigpt4qwen.export import save_hf
 
+        if merge_lora is None:
+            merge_lora = bool(getattr(self, "config_section", {}).get("export_merge_lora", True))
         return save_hf(self, out_dir, merge_lora=merge_lora)
 
 
