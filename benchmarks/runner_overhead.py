@@ -4,7 +4,7 @@ Both loops train the same model on the same batches in one process, and the scri
 prints the median step time of each, their ratio (runner / bare) and a check that
 both end with the same weights, so we know they did the same work.
 
-    python benchmarks/runner_overhead.py --steps 200 --batch-size 32 --trials 3
+    python benchmarks/runner_overhead.py --steps 200 --batch-size 32 --trials 5
 
 What is compared
 ----------------
@@ -68,6 +68,19 @@ trial. The default is 1 thread: with 2 OpenMP threads on a 2-core machine, any o
 process on the machine makes step times jump a great deal. On an idle machine, pass
 ``--threads 2``.
 
+Each trial also reads ``getrusage``: the system time and the minor page faults per
+step, printed beside the wall times. glibc's allocator returns freed blocks above its
+mmap threshold to the kernel and faults them back in on the next step (1,200-2,500
+faults, 1.7-3.8 ms of system time per step), which made trials spread by +-10%; the
+script therefore re-executes itself with ``MALLOC_MMAP_THRESHOLD_=33554432
+MALLOC_TRIM_THRESHOLD_=4294967296`` (faults drop to about 0, spread to about +-1%)
+unless they are set already or ``--system-malloc`` is given.
+
+Both loops use the same AdamW kernel (``--optimizer-impl``, default ``single``, torch's
+default on CPU), so that the ratio is the runner's own overhead; the runner's default
+(``run.optimizer_impl: auto``, fused) is faster than that and is measured by
+``--optimizer-impl fused``.
+
 ``--profile`` adds one runner trial under cProfile, and prints the vlft functions
 with their own (not cumulative) time per step, plus the top entries overall.
 """
@@ -80,6 +93,7 @@ import io
 import logging
 import os
 import pstats
+import resource
 import statistics
 import sys
 import tempfile
@@ -140,7 +154,7 @@ class StampedClassification(ClassificationTask):
 
     def __init__(self, **options):
         super().__init__(**options)
-        self.stamps: List[Tuple[float, float]] = []
+        self.stamps: List[Tuple[float, float, float, int]] = []
 
     def train_step(self, model, samples):
         self.stamps.append(stamp())
@@ -211,6 +225,7 @@ run:
   valid_splits: []
   test_splits: []
   plot_curves: false
+  optimizer_impl: {a.optimizer_impl}
 """)
 
 
@@ -229,8 +244,10 @@ def bare_param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[
 
 def bare_trial(a: argparse.Namespace, batches, dataset: InMemory, order: List[List[int]]):
     model = make_bare_model(a)
+    from vlft.runners.optim import ADAMW_IMPLS
+
     opt = torch.optim.AdamW(bare_param_groups(model, a.weight_decay), lr=a.lr, betas=(0.9, 0.999),
-                            weight_decay=a.weight_decay)
+                            weight_decay=a.weight_decay, **ADAMW_IMPLS[a.optimizer_impl])
     if a.feed == "batches":
         data = (batches[b[0]] for b in order)
     else:  # the same index batches through a plain DataLoader, same collate
@@ -238,7 +255,7 @@ def bare_trial(a: argparse.Namespace, batches, dataset: InMemory, order: List[Li
         # seed from the global RNG, which would shift the dropout stream
         data = DataLoader(dataset, batch_sampler=order, collate_fn=default_collate, num_workers=0,
                           generator=torch.Generator().manual_seed(0))
-    stamps: List[Tuple[float, float]] = []
+    stamps: List[Tuple[float, float, float, int]] = []
     _before_trial(a)
     model.train()
     for batch in data:
@@ -274,9 +291,28 @@ def _weights(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def stamp() -> Tuple[float, float]:
-    """(wall clock, CPU time of this process), taken just before each forward pass."""
-    return time.perf_counter(), time.process_time()
+def stamp() -> Tuple[float, float, float, int]:
+    """(wall clock, CPU time, system CPU time, minor page faults) of this process, taken
+    just before each forward pass."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), time.process_time(), r.ru_stime, r.ru_minflt
+
+
+def window_rusage(stamps, warmup: int, steps: int) -> Tuple[float, float]:
+    """(system seconds, minor faults) per timed step."""
+    t0, t1 = stamps[warmup], stamps[warmup + steps]
+    return (t1[2] - t0[2]) / steps, (t1[3] - t0[3]) / steps
+
+
+STABLE_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def stable_allocator(a: argparse.Namespace) -> None:
+    """Re-execute this script with glibc's allocator settings fixed (see the docstring)."""
+    if a.system_malloc or all(k in os.environ for k in STABLE_MALLOC):
+        return
+    env = {**os.environ, **STABLE_MALLOC}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def step_times(stamps: List[Tuple[float, float]], warmup: int, steps: int) -> Tuple[List[float], List[float]]:
@@ -317,7 +353,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=200, help="timed optimizer steps per trial")
     p.add_argument("--batch-size", type=int, default=32, help="images per optimizer step")
-    p.add_argument("--trials", type=int, default=3, help="trials per loop, alternating bare / runner")
+    p.add_argument("--trials", type=int, default=5, help="trials per loop, alternating bare / runner")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of every trial")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both loops")
     p.add_argument("--feed", choices=("batches", "samples"), default="batches",
@@ -333,11 +369,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also profile one runner trial with cProfile")
     p.add_argument("--profile-top", type=int, default=25, help="rows of the profile to print")
     p.add_argument("--verbose", action="store_true", help="keep the runner's INFO logging")
+    p.add_argument("--optimizer-impl", choices=("single", "foreach", "fused"), default="single",
+                   help="AdamW kernel of both loops")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="keep glibc's default allocator thresholds (noisier: see the docstring)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if argv is None:
+        stable_allocator(a)
     torch.set_num_threads(a.threads)
     setup_logging()  # what launch.setup calls (once per process); quiet unless --verbose
     if not a.verbose:
@@ -363,6 +405,8 @@ def main(argv=None) -> int:
 
     wall = {"bare": [], "runner": []}  # per-trial lists of step times
     cpu = {"bare": [], "runner": []}
+    sys_time = {"bare": [], "runner": []}  # per-trial (system s, minor faults) per step
+    malloc = "stable" if all(k in os.environ for k in STABLE_MALLOC) else "glibc default"
     checks = []
     flat_order = [i for b in order for i in b]
     with tempfile.TemporaryDirectory(prefix="vlft_bench_") as tmp:
@@ -372,6 +416,7 @@ def main(argv=None) -> int:
         for trial in range(a.trials):
             dataset.served = []
             stamps, w_bare = bare_trial(a, batches, dataset, order)
+            sys_time["bare"].append(window_rusage(stamps, a.warmup, a.steps))
             if a.feed == "samples":
                 assert dataset.served == flat_order, "bare loop read a different order"
             for d, t in zip((wall, cpu), step_times(stamps, a.warmup, a.steps)):
@@ -379,6 +424,7 @@ def main(argv=None) -> int:
 
             dataset.served = []
             stamps, w_runner, w_init, _ = runner_trial(a, cfg_path, trial, tmp)
+            sys_time["runner"].append(window_rusage(stamps, a.warmup, a.steps))
             assert len(stamps) == total, f"runner ran {len(stamps)} steps, expected {total}"
             assert dataset.served == flat_order, "the runner read batches in a different order than the bare loop"
             for d, t in zip((wall, cpu), step_times(stamps, a.warmup, a.steps)):
@@ -389,7 +435,9 @@ def main(argv=None) -> int:
             b, r = statistics.fmean(wall["bare"][-1]), statistics.fmean(wall["runner"][-1])
             bc, rc = statistics.fmean(cpu["bare"][-1]), statistics.fmean(cpu["runner"][-1])
             print(f"trial {trial + 1}: bare {b * 1e3:7.2f} ms/step   runner {r * 1e3:7.2f} ms/step   ratio {r / b:.3f}"
-                  f"   (CPU time: {bc * 1e3:.2f} / {rc * 1e3:.2f} ms, ratio {rc / bc:.3f})")
+                  f"   (CPU time: {bc * 1e3:.2f} / {rc * 1e3:.2f} ms, ratio {rc / bc:.3f}; system "
+                  f"{sys_time['bare'][-1][0] * 1e3:.2f} / {sys_time['runner'][-1][0] * 1e3:.2f} ms, minor faults "
+                  f"{sys_time['bare'][-1][1]:.0f} / {sys_time['runner'][-1][1]:.0f} per step)")
             if torch.get_num_threads() != a.threads:
                 print(f"warning: thread count changed to {torch.get_num_threads()} during the trial")
 
@@ -411,6 +459,8 @@ def main(argv=None) -> int:
             ("CPU time, median of trial means", trial_median(cpu))]
     med = rows[0][1]
     ratio = med["runner"] / med["bare"]
+    print(f"\nallocator: {malloc}; AdamW kernel: {a.optimizer_impl} in both loops; per-trial ratios: "
+          + " ".join(f"{statistics.fmean(r) / statistics.fmean(b):.3f}" for b, r in zip(wall["bare"], wall["runner"])))
     print(f"\n{'ms/step':32s} {'bare':>8s} {'runner':>8s} {'ratio':>7s}")
     for label, v in rows:
         print(f"{label:32s} {v['bare'] * 1e3:8.2f} {v['runner'] * 1e3:8.2f} {v['runner'] / v['bare']:7.3f}")

@@ -16,7 +16,7 @@ from tests.helpers import REPO, only_run_dir, read_log, run_in_process, run_scri
 from vlft.datasets.synthetic_lavis import write_shapes_lavis
 
 # the mirrors of LAVIS's 34 files (projects/blip/train/caption_fashion_unfreeze.yaml and
-# caption_medtrinity_lora.yaml are vlft's own, tested with the other projects)
+# caption_medtrinity_lora.yaml are vlft's own, run by tests/test_vlft_projects.py)
 LAVIS_PROJECTS = [
     "blip/coco_cap_ft_iter.yaml",
     *(f"blip/eval/{n}.yaml" for n in ("aokvqa_eval", "caption_coco_eval", "caption_coco_eval_large", "nlvr_eval",

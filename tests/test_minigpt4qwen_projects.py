@@ -15,6 +15,7 @@ from tests.helpers import REPO, only_run_dir, read_log, run_in_process
 
 PROJECTS = sorted(str(p.relative_to(REPO / "projects")) for p in (REPO / "projects" / "minigpt4qwen").rglob("*.yaml"))
 DEEPSPEED = [p for p in PROJECTS if "zero" in p or "full_llm" in p]
+CHAT_DEMO = "demo/chat_shapes.yaml"
 
 
 def tiny_options(project: Path, root: Path, out: Path) -> List[str]:
@@ -78,7 +79,7 @@ def test_chat_demo_trains_a_few_steps_and_the_cli_answers(tmp_path: Path):
     from vlft.chat import ChatSession, load_chat_model, main
     from vlft.datasets.synthetic_shapes import make_scene
 
-    project = REPO / "projects" / "demo" / "chat_shapes.yaml"
+    project = REPO / "projects" / CHAT_DEMO
     run_in_process(["train.py", "--cfg-path", str(project), "--options", f"run.output_dir={tmp_path / 'out'}",
                     "run.max_iters=2", "run.iters_per_inner_epoch=2", "run.batch_size_train=4",
                     "datasets.shapes_chat.build_info.annotations.train.num_samples=8",

@@ -179,7 +179,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--cpu-only", action="store_true", help="run on the CPU even when a GPU is there")
     parser.add_argument("--no-stream", action="store_true", help="print each reply when it is complete")
     parser.add_argument("--options", nargs="+", default=[], help="model.key=value overrides")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure (also VLFT_DEBUG=1)")
     args = parser.parse_args(argv)
+    from vlft.common.errors import run_cli
+
+    return run_cli(lambda: _chat(args), debug=args.debug)
+
+
+def _chat(args: argparse.Namespace) -> int:
     device = "cuda" if torch.cuda.is_available() and not args.cpu_only else "cpu"
     model, vis = load_chat_model(args.cfg_path, args.ckpt, device, args.options)
     session = ChatSession(model, vis, stream=not args.no_stream)

@@ -99,10 +99,15 @@ def test_lora_adapters_save_reload_and_merge_to_the_same_logits(tmp_path):
     saved = json.loads((adapter / "adapter_config.json").read_text())
     assert saved["peft_type"] == "LORA" and saved["r"] == 4 and set(saved["target_modules"]) == {"qkv", "query", "value"}
 
-    reloaded = PeftModel.from_pretrained(tiny(seed=0), str(adapter)).eval()  # same seed: the same base weights
+    assert saved["auto_mapping"]["base_model_class"] == "BlipForConditionalGeneration"  # the keys are its names
+
+    # back into a vlft model: peft puts the LoRA layers into its transformers model in place
+    reloaded = tiny(seed=0).eval()  # same seed: the same base weights
+    blip_lora = PeftModel.from_pretrained(reloaded.blip, str(adapter))
     torch.testing.assert_close(logits(reloaded), adapted)
-    merged = reloaded.merge_and_unload()
-    assert isinstance(merged, BlipCaption) and not any("lora_" in n for n, _ in merged.named_parameters())
+    blip_lora.merge_and_unload()
+    merged = reloaded
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(logits(merged), adapted, rtol=1e-4, atol=1e-5)
     kw = dict(num_beams=3, max_length=12, min_length=5)
     assert merged.generate({"image": images(2)}, **kw) == model.generate({"image": images(2)}, **kw)
@@ -275,7 +280,8 @@ def test_caption_demo_with_lora_exports_adapters_and_a_pipeline_ready_model(tmp_
     runner, result = run_demo(tmp_path, "model.peft={target_modules: [query, value], r: 4}",
                               "run.validate_at_start=false", "run.report_metric=false", "run.test_splits=[]")
     run_dir = runner.run_dir
-    assert result["export"] == {"adapter": str(run_dir / "adapter"), "hf_model": str(run_dir / "hf_model")}
+    assert result["export"] == {"adapter": str(run_dir / "adapter"), "hf_base": str(run_dir / "hf_base"),
+                                "hf_model": str(run_dir / "hf_model")}
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["r"] == 4

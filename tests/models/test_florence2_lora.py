@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tests.helpers  # noqa: F401  (HF_HUB_OFFLINE before transformers is imported)
 
+import json
 import logging
+import warnings
 
 import pytest
 import torch
@@ -69,7 +71,6 @@ def test_adapter_restores_with_plain_transformers_and_peft(tmp_path):
     from transformers import AutoModelForImageTextToText, Florence2ForConditionalGeneration
 
     model = tiny()
-    model.hf.save_pretrained(tmp_path / "base")
     cfg = OmegaConf.create({"peft": {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0,
                                      "target_modules": ["florence2_language", "qkv", "lm_head"]}})
     peft_model = apply_finetuning(model, cfg)
@@ -80,16 +81,23 @@ def test_adapter_restores_with_plain_transformers_and_peft(tmp_path):
             if "lora_B" in name:
                 p.normal_(0, 0.2)
     out = export(peft_model, tmp_path)
+    assert set(out) == {"adapter", "hf_base", "hf_model"}  # the base the adapter expects is vlft's hf_base/
+    saved = json.loads((out["adapter"] / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(tmp_path / "hf_base")
+    assert saved["auto_mapping"]["base_model_class"] == "Florence2ForConditionalGeneration"
 
     image = Florence2ImageEvalProcessor(64)(make_scene(0)["image"])[None]
     ours = base_model(peft_model)
     inputs = dict(pixel_values=image, **ours.encoder_inputs(image, ["<OD>"]), decoder_input_ids=torch.tensor([[2, 0, 5]]))
     with torch.no_grad():
         expected = ours.hf(**inputs).logits
-        plain = PeftModel.from_pretrained(Florence2ForConditionalGeneration.from_pretrained(tmp_path / "base"),
-                                          str(out["adapter"])).eval()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plain = PeftModel.from_pretrained(Florence2ForConditionalGeneration.from_pretrained(out["hf_base"]),
+                                              str(out["adapter"])).eval()
+        assert not [w for w in caught if "missing adapter keys" in str(w.message)]
         assert torch.allclose(plain(**inputs).logits, expected, atol=1e-5)
-        reference = Florence2ForConditionalGeneration.from_pretrained(tmp_path / "base").eval()
+        reference = Florence2ForConditionalGeneration.from_pretrained(out["hf_base"]).eval()
         assert not torch.allclose(reference(**inputs).logits, expected, atol=1e-3)  # the adapter changed the model
         merged = AutoModelForImageTextToText.from_pretrained(out["hf_model"]).eval()
         assert torch.allclose(merged(**inputs).logits, expected, atol=1e-5)

@@ -205,3 +205,25 @@ def test_padding_to_max_length_gives_the_same_loss(model):
         assert torch.allclose(wide(batch)["loss"], model.eval()(batch)["loss"], atol=1e-5)
     with pytest.raises(ValueError, match="padding"):
         build(padding="left")
+
+
+def test_reference_unfreeze_pos_embed_trains_the_frozen_vits_position_embedding():
+    model = build(unfreeze_pos_embed=True, vit_precision="fp16", qformer_text_input=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"llm_proj.weight", "llm_proj.bias", "vision_model.embeddings.position_embedding"}
+    pos = model.vision_model.embeddings.position_embedding
+    assert pos.dtype == torch.float32 and model.vision_model.embeddings.patch_embedding.weight.dtype == torch.float16
+    model.train()
+    out = model(chat_batch())
+    out["loss"].backward()
+    assert pos.grad is not None and pos.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="qformer_text_input: true is not supported"):
+        build(qformer_text_input=True)
+
+
+def test_reference_text_processor_base_instruction_is_the_identity():
+    from vlft.common.registry import registry
+
+    proc = registry.get_processor_class("base_instruction").from_config({"max_words": 100})
+    text = "<Img><ImageHere></Img> Describe THIS image, in detail!"
+    assert proc(text) == text and proc.max_words == 100

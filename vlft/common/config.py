@@ -8,42 +8,39 @@ Layers, lowest first::
     < project YAML
     < --options key=value ...
 
-Everything is checked before a model or dataset is built: unknown top-level or
-``run`` keys, unknown registry names and wrong value types raise ``ConfigError``
-with the key and the nearest valid names.
+Everything is checked before a model or dataset is built (``vlft.common.validate_run``,
+``validate_model``, ``validate_datasets``): unknown keys in any section, unknown
+registry names, wrong value types and out-of-range values raise ``ConfigError`` with
+the key, the file layer it came from and the nearest valid names.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vlft.common.registry import nearest, registry
-from vlft.common.run_schema import RUN_FIELDS, Field, run_defaults
+from vlft.common.registry import registry
+from vlft.common.run_schema import Field, run_defaults
+from vlft.common.validate_common import ConfigError, Layers, did_you_mean as _did_you_mean
+from vlft.common.validate_datasets import validate_datasets
+from vlft.common.validate_model import validate_model
+from vlft.common.validate_run import registered as _registered, validate_run
+
+__all__ = ["Config", "ConfigError", "build_config", "parse_options", "model_defaults", "dataset_defaults", "validate"]
 
 TOP_LEVEL_KEYS = ("model", "datasets", "run", "imports")
-_SECRET_KEY = re.compile(r"(api_?key|access_token|auth_token|hf_token|password|secret)$", re.I)
-
-
-class ConfigError(ValueError):
-    """A user-fixable problem in a config: the message says which key and what is valid."""
-
-
-def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    hint = nearest(name, list(candidates))
-    return f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
-
-
-def _registered(kind_registry, name: Any, where: str) -> type:
-    try:
-        return kind_registry.get(name)
-    except KeyError as err:
-        raise ConfigError(f"{where}: {err.args[0]}") from None
+#: keys that hold credentials; token-like model keys (pad_token, image_token, max_tokens,
+#: num_query_token, bos_token_id, tokenizer) are not among them
+_SECRET_KEY = re.compile(
+    r"^(token|credentials?|passwd|password|secret)$"
+    r"|(api|auth|access|bearer|refresh|session|hf|github|gitlab|wandb|openai)_?token$"
+    r"|(api_?key|passwd|password|_secret|secret_?key|secret_access_key|private_?key|credentials)$",
+    re.I,
+)
 
 
 def _load_yaml(path: os.PathLike, what: str) -> DictConfig:
@@ -56,6 +53,8 @@ def _load_yaml(path: os.PathLike, what: str) -> DictConfig:
         raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    if not cfg:
+        raise ConfigError(f"{what} {path} is empty")
     return cfg
 
 
@@ -65,10 +64,15 @@ def parse_options(options: Optional[Sequence[str]]) -> DictConfig:
     for opt in options:
         if "=" not in opt:
             raise ConfigError(f"--options expects key=value pairs, got '{opt}'")
-    try:
-        return OmegaConf.from_dotlist(options)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad --options: {err}") from None
+    layer = OmegaConf.create({})
+    for opt in options:  # one at a time, so that an error names its option
+        try:
+            layer = OmegaConf.merge(layer, OmegaConf.from_dotlist([opt]))
+        except Exception as err:  # OmegaConf's errors and yaml's (a malformed inline {dict} or [list])
+            detail = " ".join(str(err).split())
+            raise ConfigError(f"--options {opt!r}: cannot parse the value ({detail}); inline mappings "
+                              "and lists are YAML: key={a: 1, b: 2}, key=[x, y]") from None
+    return layer
 
 
 class Config:
@@ -85,10 +89,14 @@ class Config:
         options = options if options is not None else getattr(args, "options", None)
         if not cfg_path:
             raise ConfigError("no config given: pass --cfg-path path/to/project.yaml")
-        user = OmegaConf.merge(_load_yaml(cfg_path, "config file"), parse_options(options))
+        project, extra = _load_yaml(cfg_path, "config file"), parse_options(options)
+        user = OmegaConf.merge(project, extra)
         self.cfg_path = str(cfg_path)
         import_user_modules(list(user.get("imports") or []), base_dir=Path(cfg_path).resolve().parent)
-        self.config = build_config(user)
+        layers = Layers()
+        layers.add(str(cfg_path), project)
+        layers.add("--options", extra)
+        self.config = build_config(user, layers=layers, source=str(cfg_path))
 
     @classmethod
     def from_file(cls, cfg_path: str, options: Optional[Sequence[str]] = None) -> "Config":
@@ -121,33 +129,56 @@ class Config:
         return self.to_yaml()
 
 
-def build_config(user: DictConfig) -> DictConfig:
-    """Merge the layers under ``user`` (project YAML + options) and validate the result."""
+def build_config(user: DictConfig, layers: Optional[Layers] = None, source: str = "the config") -> DictConfig:
+    """Merge the layers under ``user`` (project YAML + options) and validate the result.
+    ``layers`` holds the user's layers (for error messages; the default layers join it);
+    ``source`` names the project file."""
+    layers = layers or Layers()
     unknown = [k for k in user if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise ConfigError(
             f"unknown top-level key '{unknown[0]}'{_did_you_mean(unknown[0], TOP_LEVEL_KEYS)}"
-            f" Valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}"
+            f" (set in {layers.origin(str(unknown[0])) or source}). Valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}"
         )
-    _reject_secrets(user)
+    _reject_secrets(user, layers=layers)
+    _lavis_model_options(user)
     run = user.get("run")
     if run is None or not run.get("task"):
-        raise ConfigError(f"run.task is required; registered tasks: {', '.join(registry.list_tasks())}")
-    task_cls = _registered(registry.tasks, run.task, "run.task")
+        raise ConfigError(f"{source}: run.task is required; registered tasks: {', '.join(registry.list_tasks())}")
+    task_cls = _registered(registry.tasks, run.task, "run.task", layers)
 
-    layers: List[Any] = [{"run": {**run_defaults(), **task_run_defaults(task_cls)}}]
+    defaults: List[Any] = [{"run": {**run_defaults(), **task_run_defaults(task_cls)}}]
     if user.get("model") is not None:
-        layers.append({"model": model_defaults(user.model)})
+        defaults.append({"model": model_defaults(user.model, layers)})
     for name, ds_cfg in (user.get("datasets") or {}).items():
-        layers.append({"datasets": {name: dataset_defaults(name, ds_cfg)}})
-    merged = OmegaConf.merge(*layers, user)
+        defaults.append({"datasets": {name: dataset_defaults(name, ds_cfg, layers)}})
+    merged = OmegaConf.merge(*defaults, user)
     try:
         resolved = OmegaConf.create(OmegaConf.to_container(merged, resolve=True))
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve config interpolation: {err}") from None
     resolved.setdefault("datasets", {})
-    validate(resolved, task_cls)
+    validate(resolved, task_cls, layers)
     return resolved
+
+
+def validate(cfg: DictConfig, task_cls: type, layers: Optional[Layers] = None) -> None:
+    """Check every section of the merged config (see the module docstring)."""
+    validate_run(cfg, task_cls, layers)
+    if cfg.get("model") is not None:
+        validate_model(cfg, _registered(registry.models, cfg.model.get("arch"), "model.arch"), layers)
+    validate_datasets(cfg, layers)
+
+
+def _lavis_model_options(user: DictConfig) -> None:
+    """LAVIS keeps VQA answer lemmatisation on the model (``model.apply_lemmatizer``);
+    vlft's VQA task owns it (``run.lemmatize``): the LAVIS key moves there."""
+    model = user.get("model")
+    if model is None or "apply_lemmatizer" not in model:
+        return
+    value = model.pop("apply_lemmatizer")
+    if user.get("run") is not None and "lemmatize" not in user.run:
+        user.run.lemmatize = value
 
 
 def task_run_defaults(task_cls: type) -> Dict[str, Any]:
@@ -155,31 +186,36 @@ def task_run_defaults(task_cls: type) -> Dict[str, Any]:
     return {k: (v.default if isinstance(v, Field) else v) for k, v in options.items()}
 
 
-def model_defaults(model_user: DictConfig) -> DictConfig:
-    """The ``model:`` section of the model's default YAML for its model_type."""
+def model_defaults(model_user: DictConfig, layers: Optional[Layers] = None) -> DictConfig:
+    """The ``model:`` section of the model's default YAML for its model_type (added to
+    ``layers``, under the YAML's path, when given)."""
+    layers = layers or Layers()
     if not model_user.get("arch"):
         raise ConfigError(f"model.arch is required; registered models: {', '.join(registry.list_models())}")
-    model_cls = _registered(registry.models, model_user.arch, "model.arch")
+    model_cls = _registered(registry.models, model_user.arch, "model.arch", layers)
     types = getattr(model_cls, "PRETRAINED_MODEL_CONFIG_DICT", {}) or {}
     model_type = model_user.get("model_type") or getattr(model_cls, "DEFAULT_MODEL_TYPE", None)
     if model_type is None:
         return OmegaConf.create({})
     if model_type not in types:
         raise ConfigError(
-            f"model.model_type: '{model_type}' is not a type of {model_user.arch}"
-            f"{_did_you_mean(model_type, types)} Available: {', '.join(types) or '(none)'}"
+            f"model.model_type: '{model_type}' is not a type of {model_user.arch}{_did_you_mean(model_type, types)}"
+            f"{layers.note('model.model_type')}. Available: {', '.join(types) or '(none)'}"
         )
     from vlft.common.utils import resolve_config_file
 
-    default = _load_yaml(resolve_config_file(types[model_type]), f"default config of {model_user.arch}/{model_type}")
+    path = resolve_config_file(types[model_type])
+    default = _load_yaml(path, f"default config of {model_user.arch}/{model_type}")
     section = default.get("model", OmegaConf.create({}))
     section.model_type = model_type
+    layers.add_default(f"model default {_short(path)}", {"model": section})
     return section
 
 
-def dataset_defaults(name: str, ds_user: Optional[DictConfig]) -> DictConfig:
+def dataset_defaults(name: str, ds_user: Optional[DictConfig], layers: Optional[Layers] = None) -> DictConfig:
     """The builder's default YAML section for dataset ``name`` (its ``type``, default "default")."""
-    builder_cls = _registered(registry.builders, name, f"datasets.{name}")
+    layers = layers or Layers()
+    builder_cls = _registered(registry.builders, name, f"datasets.{name}", layers)
     paths = getattr(builder_cls, "DATASET_CONFIG_DICT", {}) or {}
     ds_type = (ds_user or {}).get("type", "default")
     if not paths:
@@ -188,7 +224,8 @@ def dataset_defaults(name: str, ds_user: Optional[DictConfig]) -> DictConfig:
         raise ConfigError(f"datasets.{name}.type: '{ds_type}' unknown{_did_you_mean(ds_type, paths)} Available: {', '.join(paths)}")
     from vlft.common.utils import resolve_config_file
 
-    default = _load_yaml(resolve_config_file(paths[ds_type]), f"default config of dataset {name}")
+    path = resolve_config_file(paths[ds_type])
+    default = _load_yaml(path, f"default config of dataset {name}")
     sections = default.get("datasets") or {}
     if name not in sections and len(sections) == 1:  # a subclass reusing its parent's YAML
         section = next(iter(sections.values()))
@@ -201,104 +238,24 @@ def dataset_defaults(name: str, ds_user: Optional[DictConfig]) -> DictConfig:
             default_proc = (section.get(proc_key) or {}).get(split)
             if proc is not None and default_proc is not None and proc.get("name") not in (None, default_proc.get("name")):
                 del section[proc_key][split]
+    layers.add_default(f"dataset default {_short(path)}", {"datasets": {name: section}})
     return section
 
 
-def validate(cfg: DictConfig, task_cls: type) -> None:
-    """Check run keys and their types, and every registry name the config mentions."""
-    allowed: Dict[str, Optional[tuple]] = {k: f.types for k, f in RUN_FIELDS.items()}
-    for key, opt in (getattr(task_cls, "RUN_OPTIONS", {}) or {}).items():
-        allowed[key] = opt.types if isinstance(opt, Field) else _types_of(opt)
-    for key, value in list(cfg.run.items()):
-        if key not in allowed:
-            raise ConfigError(f"unknown key run.{key}{_did_you_mean(key, allowed)} (see vlft/common/run_schema.py)")
-        types = allowed[key]
-        if types is not None and not _is_instance(value, types):
-            number = _as_number(f"run.{key}", value, types)
-            if number is not None:
-                cfg.run[key] = number
-                continue
-            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ConfigError(f"run.{key} must be {want}, got {value!r} ({type(value).__name__})")
-
-    _registered(registry.runners, cfg.run.runner, "run.runner")
-    _registered(registry.lr_schedulers, cfg.run.lr_sched, "run.lr_sched")
-    amp = cfg.run.amp
-    if amp not in (True, False, "bf16", "fp16", "false", "none"):
-        raise ConfigError(f"run.amp must be false, bf16 or fp16, got {amp!r}")
-    unknown_backends = [b for b in cfg.run.log_backends if b not in ("tensorboard", "wandb")]
-    if unknown_backends:
-        raise ConfigError(f"run.log_backends: unknown backend {unknown_backends[0]!r}; valid: tensorboard, wandb")
-    if cfg.run.runner == "runner_iter" and not cfg.run.evaluate:
-        for key in ("max_iters", "iters_per_inner_epoch"):
-            if not cfg.run.get(key):
-                raise ConfigError(f"runner_iter needs run.{key} (a positive number of optimizer steps)")
-    for key in ("accum_grad_iters", "val_freq"):
-        if cfg.run[key] < 1:
-            raise ConfigError(f"run.{key} must be >= 1, got {cfg.run[key]}")
-
-    for name, ds_cfg in cfg.datasets.items():
-        for proc_key in ("vis_processor", "text_processor"):
-            for split, proc in ((ds_cfg or {}).get(proc_key) or {}).items():
-                if proc is not None and proc.get("name") is not None:
-                    _registered(registry.processors, proc.name, f"datasets.{name}.{proc_key}.{split}.name")
+def _short(path: os.PathLike) -> str:
+    """``configs/...`` for a shipped default YAML, else the path as given."""
+    parts = Path(path).parts
+    return str(Path(*parts[parts.index("configs"):])) if "configs" in parts else str(path)
 
 
-def _types_of(default: Any) -> Optional[tuple]:
-    if default is None:
-        return None
-    if isinstance(default, bool):
-        return (bool,)
-    if isinstance(default, (int, float)):
-        return (int, float)
-    return (type(default),) if not isinstance(default, (list, tuple)) else (list,)
-
-
-def _as_number(where: str, value: Any, types: tuple) -> Optional[Any]:
-    """``value`` as the number a numeric key wants (``"2e-6"``, ``"2e4"``, ``2e4`` for an int
-    key), None when the key is not numeric or the value is not a number at all; a
-    non-integral value for an integer key is a ConfigError."""
-    if int not in types or isinstance(value, bool):
-        return None
-    number: Any = value
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = int(text)
-        except ValueError:
-            try:
-                number = float(text)
-            except ValueError:
-                return None
-        if isinstance(number, float) and not math.isfinite(number):
-            return None
-    if isinstance(number, float) and float not in types:
-        if not number.is_integer():
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        number = int(number)
-    return number if isinstance(number, types) else None
-
-
-def _is_instance(value: Any, types: tuple) -> bool:
-    # bool is an int in Python; a config that says `max_epoch: true` is still wrong
-    if isinstance(value, bool) and bool not in types:
-        return False
-    from omegaconf import ListConfig
-
-    if isinstance(value, ListConfig):
-        return list in types
-    if isinstance(value, DictConfig):
-        return dict in types
-    return isinstance(value, types)
-
-
-def _reject_secrets(cfg: Any, prefix: str = "") -> None:
+def _reject_secrets(cfg: Any, prefix: str = "", layers: Optional[Layers] = None) -> None:
+    layers = layers or Layers()
     if isinstance(cfg, DictConfig):
         for key, value in cfg.items():
             where = f"{prefix}{key}"
             if _SECRET_KEY.search(str(key)) and value not in (None, ""):
                 raise ConfigError(
-                    f"{where}: credentials do not belong in a config (it is saved with every "
+                    f"{where}{layers.note(where)}: credentials do not belong in a config (it is saved with every "
                     "checkpoint); set them in the environment instead (e.g. HF_TOKEN, WANDB_API_KEY)"
                 )
-            _reject_secrets(value, where + ".")
+            _reject_secrets(value, where + ".", layers)

@@ -56,12 +56,24 @@ def _slurm_env() -> None:
     os.environ.setdefault("MASTER_PORT", "29500")
 
 
+def quiet_deepspeed_accelerator() -> None:
+    """Before DeepSpeed is first imported: name its accelerator when there is no GPU, which
+    is what it would detect, so that it does not print its "Setting accelerator to CPU"
+    warning at import (the cpu accelerator then needs no extra packages)."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("run.device is 'cuda' but no CUDA device is visible; use device: cpu or auto")
+        from vlft.common.errors import UserError
+
+        raise UserError("run.device is 'cuda' but torch sees no CUDA device (torch.cuda.is_available() is False: "
+                        f"torch {torch.__version__} built {'with CUDA ' + torch.version.cuda if torch.version.cuda else 'for CPU only'}); "
+                        "set run.device: cpu or auto, or check the driver and CUDA_VISIBLE_DEVICES")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 

@@ -1,23 +1,41 @@
-"""Run logging: rank-0 console lines with progress and ETA, metrics as JSON lines,
-optional TensorBoard / Weights & Biases sinks, and curves as a PNG at the end."""
+"""Run logging: rank-0 console lines with progress and ETA (training and evaluation),
+metrics as strict JSON lines, optional TensorBoard / Weights & Biases sinks. Curves
+are drawn by :mod:`vlft.common.curves`; third-party noise goes to the debug log
+(:mod:`vlft.common.debug_log`)."""
 from __future__ import annotations
 
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
 
 from vlft.common import dist
+from vlft.common.curves import plot_curves  # noqa: F401  (its old home)
+from vlft.common.debug_log import ConsoleFilter
 from vlft.common.utils import human_bytes
 
 logger = logging.getLogger("vlft")
+
+
+class _CurrentStdout(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (a notebook's or pytest's capture
+    may replace it between runs in one process)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -25,36 +43,62 @@ def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if getattr(root, "_vlft_configured", False):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _CurrentStdout()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(ConsoleFilter())
     root.addHandler(handler)
     root.setLevel(level if dist.get_rank() == 0 and int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     root._vlft_configured = True
 
 
 class SmoothedValue:
-    """Running window mean plus global mean, as the detection codebases print them."""
+    """Running window mean plus global mean, as the detection codebases print them.
+    Non-finite values (a skipped step's NaN loss) are counted but kept out of both means."""
 
     def __init__(self, window: int = 20):
         self.values: deque = deque(maxlen=window)
-        self.total, self.count = 0.0, 0
+        self.total, self.count, self.nonfinite = 0.0, 0, 0
 
     def update(self, value: float) -> None:
+        if not math.isfinite(value):
+            self.nonfinite += 1
+            return
         self.values.append(value)
         self.total += value
         self.count += 1
 
     @property
     def avg(self) -> float:
-        return sum(self.values) / max(len(self.values), 1)
+        return sum(self.values) / len(self.values) if self.values else math.nan
 
     @property
     def global_avg(self) -> float:
-        return self.total / max(self.count, 1)
+        return self.total / self.count if self.count else math.nan
 
 
 def fmt_seconds(s: float) -> str:
     return str(datetime.timedelta(seconds=int(s)))
+
+
+def fmt_short(s: float) -> str:
+    """``1h02m``, ``1m20s``, ``45s``."""
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has no NaN), tensors as numbers."""
+    if torch.is_tensor(value) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class MetricSinks:
@@ -79,15 +123,30 @@ class MetricSinks:
     def write(self, kind: str, step: int, values: Dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
+        record = json_safe({"kind": kind, "step": step, "time": round(time.time(), 3), **values})
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        scalars = {f"{kind}/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+        scalars = {f"{kind}/{k}": v for k, v in record.items()
+                   if k not in ("kind", "step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.tb:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)
         if self.wandb:
             self.wandb.log(scalars, step=step)
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the records past ``step`` (a resumed run replays them); atomic, rank 0.
+        Returns how many were dropped."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        lines = self.path.read_text().splitlines()
+        keep = [line for line in lines if line.strip() and _step_of(line) <= step]
+        dropped = sum(1 for line in lines if line.strip()) - len(keep)
+        if dropped:
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+        return dropped
 
     def close(self) -> None:
         if self.tb:
@@ -96,11 +155,22 @@ class MetricSinks:
             self.wandb.finish()
 
 
-class ProgressLogger:
-    """Collects per-step values and prints one line every ``log_freq`` steps."""
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:  # a torn last line of a killed run
+        return math.inf
 
-    def __init__(self, total_steps: int, log_freq: int, sinks: MetricSinks, device: torch.device):
+
+class ProgressLogger:
+    """Collects per-step values and prints one line every ``log_freq`` steps.
+    ``skipped`` returns this rank's count of unreadable training samples so far; the
+    line and ``log.jsonl`` show the sum over ranks."""
+
+    def __init__(self, total_steps: int, log_freq: int, sinks: MetricSinks, device: torch.device,
+                 skipped: Optional[Callable[[], int]] = None):
         self.total, self.log_freq, self.sinks, self.device = total_steps, max(log_freq, 1), sinks, device
+        self.skipped = skipped
         self.meters: Dict[str, SmoothedValue] = defaultdict(SmoothedValue)
         self.pending: Dict[str, list] = defaultdict(list)  # device tensors, read at log time (no per-step sync)
         self.start_time = time.time()
@@ -119,10 +189,17 @@ class ProgressLogger:
 
     def flush(self, step: int) -> None:
         values: Dict[str, float] = {}
+        texts = []
         for k, tensors in self.pending.items():
-            mean = torch.stack([t.float() for t in tensors]).mean().item()
+            stacked = torch.stack([t.float().reshape(()) for t in tensors])
+            finite = torch.isfinite(stacked)
+            n_bad = int((~finite).sum())
+            # a skipped (non-finite) step stays out of the interval's mean and the running average
+            mean = stacked[finite].mean().item() if n_bad < len(tensors) else math.nan
             self.meters[k].update(mean)
             values[k] = mean
+            note = "" if not n_bad else " (skipped)" if n_bad == len(tensors) else f" ({n_bad} non-finite skipped)"
+            texts.append(f"{k} {mean:.4f}{note} ({self.meters[k].global_avg:.4f})")
         self.pending.clear()
         done = step + 1 - (self.start_step or 0)
         rate = (time.time() - self.start_time) / max(done, 1)
@@ -133,47 +210,50 @@ class ProgressLogger:
             import resource
 
             mem = f"  rss {human_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}"
-        losses = "  ".join(f"{k} {v:.4f} ({self.meters[k].global_avg:.4f})" for k, v in values.items())
+        extra: Dict[str, Any] = {}
+        skipped = ""
+        if self.skipped is not None:
+            total = int(dist.all_reduce_sum(torch.tensor([self.skipped()], dtype=torch.long,
+                                                         device=_reduce_device(self.device))).item())
+            extra["skipped_samples"] = total
+            skipped = f"  skipped {total}" if total else ""
         logger.info(
-            "step %d/%d  eta %s  %s  lr %.3e  time %.3fs  data %.3fs%s",
-            step + 1, self.total, eta, losses, self.lr, self.meters["time"].avg, self.meters["data"].avg, mem,
+            "step %d/%d  eta %s  %s  lr %.3e  time %.3fs  data %.3fs%s%s",
+            step + 1, self.total, eta, "  ".join(texts), self.lr, self.meters["time"].avg, self.meters["data"].avg,
+            mem, skipped,
         )
-        self.sinks.write("train", step + 1, {**values, "lr": self.lr, "step_time": self.meters["time"].avg})
+        self.sinks.write("train", step + 1, {**values, "lr": self.lr, "step_time": self.meters["time"].avg, **extra})
 
 
-def plot_curves(jsonl: Path, out_png: Path) -> Optional[Path]:
-    """Loss, learning-rate and evaluation-metric curves from ``log.jsonl``."""
-    if not jsonl.is_file():
-        return None
-    import matplotlib
+def _reduce_device(device: torch.device) -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo CPU ones
+    return device if device.type == "cuda" and dist.is_dist() else torch.device("cpu")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    train = [r for r in records if r["kind"] == "train"]
-    evals = [r for r in records if r["kind"].startswith("eval/")]
-    loss_keys = sorted({k for r in train for k in r if k.startswith("loss")})
-    # floats only (counts are ints); agg_metrics only where it is the sole metric
-    metric_keys = sorted({(r["kind"], k) for r in evals for k, v in r.items()
-                          if k not in ("kind", "step", "time") and isinstance(v, float)})
-    if any(k != "agg_metrics" for _, k in metric_keys):
-        metric_keys = [(kind, k) for kind, k in metric_keys if k != "agg_metrics"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for k in loss_keys:
-        axes[0].plot([r["step"] for r in train if k in r], [r[k] for r in train if k in r], label=k)
-    axes[0].set_title("training loss")
-    axes[1].plot([r["step"] for r in train], [r.get("lr", 0.0) for r in train])
-    axes[1].set_title("learning rate")
-    for kind, k in metric_keys:
-        pts = [(r["step"], r[k]) for r in evals if r["kind"] == kind and k in r]
-        axes[2].plot(*zip(*pts), marker="o", label=f"{kind[5:]} {k}")
-    axes[2].set_title("evaluation metrics")
-    for ax in axes:
-        ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+class EvalProgress:
+    """``eval coco/val 120/500 batches, eta 1m20s`` on rank 0, every ``every_s`` seconds
+    (and a closing line with the time taken). ``total`` None: a stream of unknown length."""
+
+    every_s = 10.0
+
+    def __init__(self, name: str, total: Optional[int]):
+        self.name, self.total = name, total
+        self.start = self.last = time.time()
+        self.done = 0
+        self.enabled = dist.is_main_process()
+
+    def tick(self) -> None:
+        self.done += 1
+        now = time.time()
+        if not self.enabled or now - self.last < self.every_s:
+            return
+        self.last = now
+        if self.total:
+            eta = (now - self.start) / self.done * max(self.total - self.done, 0)
+            logger.info("eval %s %d/%d batches, eta %s", self.name, self.done, self.total, fmt_short(eta))
+        else:
+            logger.info("eval %s %d batches, %s", self.name, self.done, fmt_short(now - self.start))
+
+    def close(self) -> None:
+        if self.enabled and time.time() - self.start >= self.every_s:
+            logger.info("eval %s: %d batches in %s", self.name, self.done, fmt_short(time.time() - self.start))

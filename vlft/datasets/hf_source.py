@@ -8,8 +8,10 @@ a lazy reference to its row, decoded by ``load_image`` when the item is fetched,
 corrupt image becomes a skipped item instead of an exception inside ``datasets``.
 
 When the source has a single split, ``split_ratios`` (e.g. ``{train: 0.9, val: 0.1}``)
-partitions it by a permutation drawn from ``split_seed``: the same seed gives the same
-partition in every process and every run.
+partitions it (``source_split``, default ``train``) by a permutation drawn from
+``split_seed``: the same seed gives the same partition in every process and every run.
+The ratios' keys are the vlft splits unless ``annotations`` names them; a split whose
+``annotations.<split>.split`` names a source split reads that split whole.
 """
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ def read_hf(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
     image_col = option("image_column", info, build_info, "image")
     caption_col = option("caption_column", info, build_info, "caption")
     id_col = option("id_column", info, build_info)
-    ratios = build_info.get("split_ratios")
+    # a split that names its own source split (annotations.<split>.split) is read whole
+    ratios = None if (info or {}).get("split") else build_info.get("split_ratios")
     source_split = option("source_split", {}, build_info, "train") if ratios else option("split", info, {}, split)
 
     table, label = _load_split(build_info, source_split, run_cfg)
@@ -90,6 +93,16 @@ def read_hf(split: str, info: Mapping[str, Any], build_info: Mapping[str, Any],
     ids = text[id_col] if id_col else [int(r) for r in rows]  # the source row number: stable across splits
     records = HFRecords(table.select_columns([image_col]), image_col, rows, text[caption_col], ids, label)
     return records, image_root("hf_caption", build_info, run_cfg, required=False)
+
+
+def with_ratio_splits(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``config`` with ``build_info.annotations`` defaulted to one empty entry per key of
+    ``build_info.split_ratios``: a source partitioned by ratio needs no per-split section."""
+    build_info = config.get("build_info") or {}
+    ratios = build_info.get("split_ratios")
+    if build_info.get("annotations") or not ratios:
+        return config
+    return {**config, "build_info": {**build_info, "annotations": {split: {} for split in ratios}}}
 
 
 def split_rows(n: int, ratios: Mapping[str, float], seed: int, split: str) -> np.ndarray:

@@ -39,6 +39,7 @@ from vlft.datasets.caption_datasets import _CaptionBase
 from vlft.datasets.caption_sources import annotation_files, image_root, option
 from vlft.datasets.image_io import load_image
 from vlft.processors.chat import IMAGE_MARK, count_marks
+from vlft.processors.instruction import BaseInstructionProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class InstructionDataset(_CaptionBase):
     """Training split: one item per conversation."""
 
     def _index(self) -> None:
-        if self.text_processor is not None:
+        if self.text_processor is not None and not isinstance(self.text_processor, BaseInstructionProcessor):
             logger.warning("%s: text_processor is not applied to conversations (the chat template formats them)",
                            type(self).__name__)
 

@@ -147,3 +147,4 @@ class NLVRDataset(NLVREvalDataset):
     """NLVR2 training split: LAVIS's random flip of images (and left / right) per item."""
 
     flip = True
+    uses_global_rng = True  # flip_pair draws from Python's random: the sampler seeds it per item

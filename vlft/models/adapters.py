@@ -7,6 +7,8 @@
   names the last N blocks of a layer list (the usual "last N vision layers" recipe);
 - ``peft: {method: lora, r, alpha, dropout, target_modules, modules_to_save}`` wraps the
   model with peft (LoRA). A target that matches no module fails with the candidates.
+  ``export`` writes the adapters in the terms of the transformers models inside
+  (``vlft.models.peft_export``), so plain peft loads them.
 
 Learning-rate multipliers per module live in ``run.lr_multipliers`` (optimizer side).
 """
@@ -149,17 +151,31 @@ def base_model(model: nn.Module) -> nn.Module:
 
 
 def export(model: nn.Module, out_dir: Path) -> Dict[str, Path]:
-    """Adapters in peft's format (``adapter/``) and, where the model can, the merged model
-    in HF format (``hf_model/``, loadable by ``transformers.pipeline``)."""
+    """What other tools load without vlft, in ``out_dir``:
+
+    - ``adapter/`` (and e.g. BLIP-2's ``adapter_llm/``): the LoRA adapter of each transformers
+      model inside the vlft model (``peft_parts``), in peft's format with that model's names,
+      so ``PeftModel.from_pretrained(<transformers class>.from_pretrained(hf_base), adapter)``
+      restores it (``vlft.models.peft_export``; each folder's README.md names its base);
+    - ``hf_base/``: the base those adapters expect, the model before LoRA, in ``save_hf``'s format;
+    - ``hf_model/``: the model with LoRA merged in HF format (loadable by ``transformers.pipeline``).
+    """
     import copy
 
+    from vlft.models.peft_export import has_lora, without_lora, write_adapters
+
+    out_dir = Path(out_dir)
     out: Dict[str, Path] = {}
-    if hasattr(model, "peft_config"):
-        out["adapter"] = Path(out_dir) / "adapter"
-        model.save_pretrained(str(out["adapter"]))
-        merged = copy.deepcopy(model).merge_and_unload()
-    else:
-        merged = model
+    vlft_model = base_model(model)
+    if has_lora(model):
+        parts = vlft_model.peft_parts() if callable(getattr(vlft_model, "peft_parts", None)) else []
+        out.update(write_adapters(model, parts, out_dir))
+        if hasattr(vlft_model, "save_hf") and any(name != "adapter_vlft" for name in out):
+            base = without_lora(model)
+            out["hf_base"] = Path(base.save_hf(str(out_dir / "hf_base")))
+            del base
+    # the merged model: an outer wrapper is merged here; one inside (get_lora) is the model's own save_hf's
+    merged = copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
     if hasattr(merged, "save_hf"):
-        out["hf_model"] = merged.save_hf(str(Path(out_dir) / "hf_model"))
+        out["hf_model"] = Path(merged.save_hf(str(out_dir / "hf_model")))
     return out

@@ -9,6 +9,7 @@ from vlft.processors.blip_processors import (
 )
 from vlft.processors.image import SimpleImageEvalProcessor, SimpleImageTrainProcessor
 from vlft.processors.chat import ChatEncoder  # noqa: F401  (conversations -> ids and labels)
+from vlft.processors.instruction import BaseInstructionProcessor
 from vlft.processors.florence2 import Florence2ImageEvalProcessor, Florence2ImageTrainProcessor
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "Blip2ImageEvalProcessor",
     "BlipCaptionProcessor",
     "BlipQuestionProcessor",
+    "BaseInstructionProcessor",
 ]

@@ -28,13 +28,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from PIL import Image
-from torchvision import tv_tensors
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as F
 
 from vlft.common.registry import nearest, registry
 from vlft.processors.base_processor import BaseProcessor
 from vlft.processors.image import CLIP_MEAN, CLIP_STD, _to_normalised_tensor
+from vlft.processors.lazy_torchvision import F, tv_tensors, v2
 
 
 class _Configurable(BaseProcessor):
@@ -128,7 +126,7 @@ class LavisRandomAugment:
 
     def _apply(self, name: str, image):
         fill = _grey_fill(image)
-        affine = dict(interpolation=InterpolationMode.BILINEAR, fill=fill)
+        affine = dict(interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
         if name == "Identity":
             return image
         if name == "AutoContrast":
@@ -175,14 +173,14 @@ def _train_steps(image_size: int, min_scale: float, max_scale: float, rand_augme
     if not 0 < min_scale <= max_scale:
         raise ValueError(f"need 0 < min_scale <= max_scale, got min_scale={min_scale}, max_scale={max_scale}")
     steps = [
-        v2.RandomResizedCrop(image_size, scale=(min_scale, max_scale), interpolation=InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomResizedCrop(image_size, scale=(min_scale, max_scale), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.RandomHorizontalFlip(),
     ]
     return steps + ([LavisRandomAugment()] if rand_augment else [])
 
 
 def _eval_steps(image_size: int) -> List[Any]:
-    return [v2.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC, antialias=True)]
+    return [v2.Resize((image_size, image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
 
 
 @registry.register_processor("blip_image_train")

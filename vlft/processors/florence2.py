@@ -47,10 +47,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torchvision.transforms import v2
 
 from vlft.common.registry import registry
 from vlft.processors.base_processor import BaseProcessor
+from vlft.processors.lazy_torchvision import v2
 
 NUM_BINS = 1000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import torch
-from torchvision.transforms import v2
 
 from vlft.common.registry import registry
 from vlft.processors.base_processor import BaseProcessor
+from vlft.processors.lazy_torchvision import v2
 
 # the CLIP statistics BLIP and BLIP-2 normalise with
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -6,18 +6,22 @@ default, everything with ``run.save_full``), ``optimizer``, ``lr_sched``, ``stra
 (GradScaler), ``rng`` (one entry per rank), ``progress`` (step, data position, best
 metric, early-stopping count) and ``config`` (the merged YAML). DeepSpeed adds its own
 sharded optimizer state in a ``<name>.ds/`` folder beside the file. Writes go to a
-temporary name and are renamed into place, so a crash never leaves a torn file.
+temporary name and are renamed into place, so a crash never leaves a torn file; the
+temporary files a killed run leaves are removed when training starts again.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
+
+from vlft.common.utils import human_bytes
 
 logger = logging.getLogger(__name__)
 FORMAT = "vlft-checkpoint-v1"
@@ -50,6 +54,55 @@ def atomic_replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(dst.parent)
+
+
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)$")  # atomic_save's (and log.jsonl's) temporary names
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def remove_stale_temp_files(run_dir: Union[str, os.PathLike]) -> List[Tuple[Path, int]]:
+    """Remove what killed writes left in ``run_dir``: ``.<name>.tmp-<pid>`` files of
+    processes no longer alive, and ``<folder>.old`` of :func:`atomic_replace_dir` (put
+    back in place when the new folder never arrived). Returns (path, bytes) removed."""
+    root = Path(run_dir)
+    removed: List[Tuple[Path, int]] = []
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.iterdir()):
+        m = _TEMP.match(path.name)
+        if m and not _pid_alive(int(m.group(1))):
+            size = _size(path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append((path, size))
+        elif path.is_dir() and path.name.endswith(".old"):
+            live = path.with_name(path.name[: -len(".old")])
+            if live.exists():
+                size = _size(path)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append((path, size))
+            else:  # the crash came between the two renames: the old folder is the only copy
+                os.replace(path, live)
+                logger.warning("restored %s from %s (an interrupted replace)", live, path.name)
+    for path, size in removed:
+        logger.info("removed stale temporary %s (%s)", path, human_bytes(size))
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:

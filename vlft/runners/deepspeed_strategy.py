@@ -17,7 +17,8 @@ the update as skipped.
 
 Checkpoints: DeepSpeed's engine state goes to ``<checkpoint>.ds/<tag>/``, one tag per
 save, named in the checkpoint file; the previous tag is deleted at the next save, so a
-crash never leaves a file without its DeepSpeed state.
+crash never leaves a file without its DeepSpeed state. Resuming reads DeepSpeed's files
+with ``weights_only=True`` too (``weights_only_loads``), as vlft's own checkpoints.
 """
 from __future__ import annotations
 
@@ -91,8 +92,12 @@ class DeepSpeedStrategy(SingleStrategy):
         self._tag: Optional[str] = None  # the DeepSpeed checkpoint tag the latest checkpoint file names
 
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        dist.quiet_deepspeed_accelerator()
         import deepspeed
 
+        from vlft.common.debug_log import route_third_party
+
+        route_third_party()  # DeepSpeed's logger, set up on import, prints to stdout itself
         if not dist.is_dist():  # DeepSpeed wants a process group even for one process
             dist.init_single_process_group("nccl" if self.device.type == "cuda" else "gloo")
         engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
@@ -176,7 +181,51 @@ class DeepSpeedStrategy(SingleStrategy):
         if not (folder / tag).is_dir():
             raise FileNotFoundError(f"DeepSpeed state {folder / tag} is missing beside {ckpt_path} "
                                     f"(a DeepSpeed run resumes only from a DeepSpeed checkpoint)")
-        load_path, _ = self.model.load_checkpoint(str(folder), tag=tag, load_module_strict=False,
-                                                  load_lr_scheduler_states=False)
+        with weights_only_loads(self.model):
+            load_path, _ = self.model.load_checkpoint(str(folder), tag=tag, load_module_strict=False,
+                                                      load_lr_scheduler_states=False)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {folder / tag}")
+
+
+def _deepspeed_safe_globals() -> list:
+    """The classes DeepSpeed pickles into its checkpoints besides tensors and plain values
+    (ZeRO 1-3 optimizer states, fp32 / bf16 / fp16, DeepSpeed 0.19)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
+
+
+@contextlib.contextmanager
+def weights_only_loads(engine):
+    """Make ``engine.load_checkpoint`` read its files with ``torch.load(weights_only=True)``
+    (DeepSpeed's own checkpoint engine unpickles with ``weights_only=False``, which runs
+    whatever code a tampered file holds), allowing only the few DeepSpeed classes its
+    checkpoints contain. A checkpoint engine other than DeepSpeed's default
+    (``TorchCheckpointEngine``) is left as it is, with a warning."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    ce = getattr(engine, "checkpoint_engine", None)
+    if not isinstance(ce, TorchCheckpointEngine):
+        logger.warning("DeepSpeed checkpoint engine %s: its files load with DeepSpeed's own (unrestricted) "
+                       "unpickling; resume only from checkpoints you trust", type(ce).__name__)
+        yield
+        return
+    allowed = _deepspeed_safe_globals()
+
+    def load(path: str, map_location=None):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:
+            raise RuntimeError(f"cannot load DeepSpeed state {path} as weights only ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0]}); a checkpoint of another DeepSpeed version may hold "
+                               "classes vlft does not allow (vlft/runners/deepspeed_strategy.py)") from err
+
+    ce.load = load  # an instance attribute, shadowing the class's method for this call only
+    try:
+        yield
+    finally:
+        del ce.load

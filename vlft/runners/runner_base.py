@@ -13,17 +13,21 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
 
 from vlft.common import dist
-from vlft.common.logger import MetricSinks, ProgressLogger, plot_curves
+from vlft.common.curves import plot_curves
+from vlft.common.debug_log import attach_debug_log
+from vlft.common.logger import MetricSinks, ProgressLogger
 from vlft.common.registry import registry
 from vlft.common.utils import rng_state, set_rng_state
 from vlft.runners import checkpoint as ckpt_io
-from vlft.runners.data import MicroBatchStream, concat, eval_loader
+from vlft.common.threads import apply_num_threads
+from vlft.runners.data import MicroBatchStream, concat
+from vlft.runners.evaluation import move_to_device, run_evaluation, skip_summary
 from vlft.models.adapters import UnfreezeSchedule, export
 from vlft.runners.optim import build_optimizer
 from vlft.runners.strategies import build_strategy
@@ -47,16 +51,6 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def move_to_device(samples: Any, device: torch.device) -> Any:
-    if torch.is_tensor(samples):
-        return samples.to(device, non_blocking=True)
-    if isinstance(samples, Mapping):
-        return {k: move_to_device(v, device) for k, v in samples.items()}
-    if isinstance(samples, (list, tuple)) and samples and torch.is_tensor(samples[0]):
-        return type(samples)(move_to_device(v, device) for v in samples)
-    return samples
-
-
 @registry.register_runner("runner_base")
 class RunnerBase:
     """Epoch-based training: an inner epoch is one pass over the training data."""
@@ -71,6 +65,8 @@ class RunnerBase:
         self.strategy = None
         self.sinks: Optional[MetricSinks] = None
         self.start_metrics: Optional[Dict[str, Dict[str, float]]] = None
+        self.skip_totals: Dict[str, Tuple[int, int]] = {}  # split -> (unreadable, seen), summed over ranks
+        apply_num_threads(self.run_cfg)
 
     # ------------------------------------------------------------------ schedule
     def schedule(self, batches_per_pass: int) -> Tuple[int, int, int]:
@@ -116,6 +112,7 @@ class RunnerBase:
         if not splits:
             raise ValueError("nothing to evaluate: set run.test_splits or run.valid_splits")
         metrics = self.run_evaluation(splits, tag="test")
+        self._log_skipped()
         self.sinks.close()
         return metrics
 
@@ -127,6 +124,8 @@ class RunnerBase:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.run_dir / "config.yaml")
         dist.barrier()
+        rank = dist.get_rank()
+        attach_debug_log(self.run_dir / ("debug.log" if rank == 0 else f"debug.rank{rank}.log"))
         self.sinks = MetricSinks(self.run_dir, self.run_cfg.log_backends, self.run_cfg.wandb_project,
                                  config=self.config.to_dict())
 
@@ -148,6 +147,8 @@ class RunnerBase:
     def _setup_training(self) -> None:
         self._open_run_dir()
         run = self.run_cfg
+        if dist.is_main_process():  # what a killed run left half-written
+            ckpt_io.remove_stale_temp_files(self.run_dir)
         self.stream = MicroBatchStream(self.train_dataset(), run.batch_size_train, run.num_workers,
                                        dist.get_rank(), dist.get_world_size(), run.seed,
                                        max_bad_fraction=run.max_bad_sample_fraction)
@@ -171,7 +172,8 @@ class RunnerBase:
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         logger.info("model %s: %s parameters, %s trainable (%.2f%%)", type(self.model).__name__, f"{n_all:,}",
                     f"{n_train:,}", 100 * n_train / max(n_all, 1))
-        self.progress_log = ProgressLogger(self.total_steps, run.log_freq, self.sinks, self.device)
+        self.progress_log = ProgressLogger(self.total_steps, run.log_freq, self.sinks, self.device,
+                                           skipped=lambda: self.stream.skips.skipped)
         if resume_state is not None:
             self._restore(resume_state, resume)
 
@@ -198,10 +200,14 @@ class RunnerBase:
             logger.warning("checkpoint was written by %d process(es), this run has %d: RNG streams restart, "
                            "so the continuation is not bit-identical", len(rngs), dist.get_world_size())
         logger.info("resumed from %s at step %d", path, self.progress.step)
+        dropped = self.sinks.truncate_after(self.progress.step)  # the steps about to be replayed
+        if dropped:
+            logger.info("log.jsonl: %d record(s) after step %d removed (they are trained again)", dropped, self.progress.step)
 
     # ------------------------------------------------------------------ the loop
     def train_inner_epoch(self, inner: int, end: int) -> None:
         run, strategy, accum = self.run_cfg, self.strategy, self.run_cfg.accum_grad_iters
+        every = int(run.checkpoint_every_iters)  # read once: an OmegaConf read costs ~7 us a step
         strategy.model.train()
         batches = self.stream.iterate(self.progress.step * accum)
         while self.progress.step < end:
@@ -229,7 +235,6 @@ class RunnerBase:
             self.progress.step = step + 1
             self._count_nonfinite(stepped, step)
             self.progress_log.update(step, losses, lr, time.time() - t0, data_time)
-            every = run.checkpoint_every_iters
             if every and self.progress.step % every == 0 and self.progress.step < end:
                 self.save_resumable()
 
@@ -285,36 +290,9 @@ class RunnerBase:
         return f"checkpoint_{inner}.pth" if freq > 0 and inner % freq == 0 else None
 
     def run_evaluation(self, splits: List[str], tag: str, epoch: Any = None) -> Dict[str, Dict[str, float]]:
-        """Evaluate every dataset that has one of ``splits``; metrics keyed ``dataset/split``."""
-        module = self.strategy.module if self.strategy else self.model
-        module.eval()
-        run, out = self.run_cfg, {}
-        for ds_name, ds_splits in self.datasets.items():
-            for split in splits:
-                if split not in ds_splits:
-                    continue
-                loader = eval_loader(ds_splits[split], run.batch_size_eval, run.num_workers, dist.get_rank(),
-                                     dist.get_world_size(), shard=run.get("use_dist_eval_sampler", True))
-                autocast = self.strategy.autocast() if self.strategy else torch.autocast(self.device.type, enabled=False)
-                batches = _OnDevice(loader, self.device)
-                with autocast:
-                    results = self.task.evaluation(module, batches, dataset=ds_splits[split])
-                if batches.skipped:
-                    logger.warning("%s/%s: %d unreadable sample(s) skipped on this rank", ds_name, split, batches.skipped)
-                metrics = None
-                if dist.is_main_process():
-                    name = f"{ds_name}_{split}_{epoch if epoch is not None else 'final'}"
-                    metrics = self.task.after_evaluation(results, split_name=split, epoch=epoch, output_dir=self.run_dir,
-                                                          dataset=ds_splits[split])
-                    self.task.save_results(results, self.run_dir, name)
-                metrics = dist.broadcast_object(metrics)
-                out[f"{ds_name}/{split}"] = metrics
-                self.sinks.write(f"eval/{ds_name}/{split}", self.progress.step, metrics)
-                logger.info("%s %s/%s: %s", tag, ds_name, split,
-                            "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
-        if self.strategy:
-            self.strategy.model.train()
-        return out
+        """Evaluate every dataset that has one of ``splits``; metrics keyed ``dataset/split``
+        (vlft/runners/evaluation.py)."""
+        return run_evaluation(self, splits, tag, epoch)
 
     def _finish(self) -> Dict[str, Any]:
         results: Dict[str, Any] = {"progress": asdict(self.progress), "run_dir": str(self.run_dir)}
@@ -337,12 +315,25 @@ class RunnerBase:
                 if dist.is_main_process():
                     results["export"] = {k: str(v) for k, v in export(module, self.run_dir).items()}
                     logger.info("exported %s", results["export"])
+        self._log_skipped()
         if dist.is_main_process() and self.run_cfg.plot_curves:
             png = plot_curves(self.run_dir / "log.jsonl", self.run_dir / "curves.png")
             if png:
                 logger.info("curves saved to %s", png)
         self.sinks.close()
         return results
+
+    def _log_skipped(self) -> None:
+        """Unreadable samples per split (training: this run since it started or resumed)."""
+        totals = {}
+        if getattr(self, "stream", None) is not None:
+            counts = torch.tensor([self.stream.skips.skipped, self.stream.skips.seen], dtype=torch.long)
+            if dist.is_dist() and self.device.type == "cuda":
+                counts = counts.to(self.device)
+            totals["train"] = tuple(int(x) for x in dist.all_reduce_sum(counts).tolist())
+        totals.update(self.skip_totals)
+        if totals:
+            logger.info("unreadable samples skipped: %s", skip_summary(totals))
 
     def _consolidate_fp32(self) -> Optional[str]:
         """The final trainable weights in fp32 from the ZeRO shards (``model_fp32.pth``); a
@@ -385,19 +376,3 @@ class RunnerBase:
         if dist.is_main_process():
             ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "model": state, "progress": asdict(self.progress),
                                  "config": self.config.to_yaml()}, self.run_dir / ckpt_io.BEST)
-
-
-class _OnDevice:
-    """Wraps an evaluation loader: counts unreadable samples, moves batches to the device."""
-
-    def __init__(self, loader, device):
-        self.loader, self.device, self.skipped = loader, device, 0
-
-    def __iter__(self):
-        for batch in self.loader:
-            self.skipped += batch.pop("n_skipped", 0) if isinstance(batch, dict) else 0
-            if batch:
-                yield move_to_device(batch, self.device)
-
-    def __len__(self):
-        return len(self.loader)

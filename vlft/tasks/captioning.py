@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence
 
 from vlft.common import dist
+from vlft.common.errors import require_java
 from vlft.common.registry import registry
 from vlft.common.run_schema import Field
 from vlft.tasks.base_task import BaseTask
@@ -91,6 +92,7 @@ class CaptionTask(BaseTask):
                                         f"expected {COCO_CAPTIONS_FORMAT}")
         run = task.run_cfg or {}
         if task.report_metric and (run.get("evaluate") or run.get("valid_splits") or run.get("test_splits")):
+            require_java("the caption metrics (run.report_metric: true)")
             if dist.is_main_process():  # METEOR's JVM loads while the data and the model are built
                 from vlft.metrics.caption import shared_scorer
 

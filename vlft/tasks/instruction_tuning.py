@@ -60,6 +60,16 @@ class InstructionTuningTask(BaseTask):
                              repetition_penalty=repetition_penalty, length_penalty=length_penalty)
         self._score = False
 
+    @classmethod
+    def setup_task(cls, cfg) -> "InstructionTuningTask":
+        task = super().setup_task(cfg)
+        run = task.run_cfg or {}
+        if task.answer_metric == "caption" and (run.get("evaluate") or run.get("valid_splits") or run.get("test_splits")):
+            from vlft.common.errors import require_java
+
+            require_java("run.answer_metric: caption")
+        return task
+
     def evaluation(self, model, data_loader, progress=None, dataset=None) -> List[Dict[str, Any]]:
         truth = dataset.ground_truth() if hasattr(dataset, "ground_truth") else {}
         self._score = self.answer_metric != "none" and bool(truth)

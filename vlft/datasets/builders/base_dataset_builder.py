@@ -13,7 +13,7 @@ evaluation) dataset class, e.g. ``nocaps`` (eval only), rejects that split by na
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from omegaconf import OmegaConf
 
@@ -21,6 +21,12 @@ from vlft.common.registry import registry
 from vlft.common.utils import resolve_config_file
 
 logger = logging.getLogger(__name__)
+
+#: what ``vlft.datasets.hf_source`` reads to load a Hugging Face dataset
+HF_SOURCE_KEYS = ("path", "name", "data_dir", "data_files", "trust_remote_code", "split_ratios", "split_seed",
+                  "source_split")
+#: what the custom (JSON / JSONL / CSV) readers read besides their column keys
+TABLE_KEYS = ("format", "csv_delimiter")
 
 
 class BaseDatasetBuilder:
@@ -30,6 +36,14 @@ class BaseDatasetBuilder:
     #: ``staticmethod`` or ``functools.partial`` (always read from the class, never bound)
     reader: Optional[Callable[..., Any]] = None
     DATASET_CONFIG_DICT: Dict[str, str] = {}
+    # The schema vlft.common.validate_datasets checks a ``datasets.<name>`` section
+    # against before anything loads: the keys of the default YAMLs plus these, each
+    # gathered over the MRO (a subclass declares only what its reader adds). Keys of
+    # ``build_info`` other than annotations / images are valid per split too (``option()``).
+    DATASET_KEYS: Tuple[str, ...] = ("type", "data_type", "dataset_card", "vis_processor", "text_processor",
+                                     "build_info")
+    BUILD_INFO_KEYS: Tuple[str, ...] = ("annotations", "images")
+    SPLIT_KEYS: Tuple[str, ...] = ("storage",)
 
     def __init__(self, cfg: Optional[Mapping[str, Any]] = None, run_cfg: Optional[Mapping[str, Any]] = None):
         if cfg is None:  # the builder's own defaults, as LAVIS's load_dataset() does

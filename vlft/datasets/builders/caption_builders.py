@@ -32,10 +32,10 @@ from __future__ import annotations
 import functools
 
 from vlft.common.registry import registry
-from vlft.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+from vlft.datasets.builders.base_dataset_builder import HF_SOURCE_KEYS, TABLE_KEYS, BaseDatasetBuilder
 from vlft.datasets.caption_datasets import CaptionDataset, CaptionEvalDataset, ImageTextPairDataset
 from vlft.datasets.caption_sources import read_coco_karpathy, read_custom, read_image_text_pairs, read_nocaps
-from vlft.datasets.hf_source import read_hf
+from vlft.datasets.hf_source import read_hf, with_ratio_splits
 from vlft.datasets.wds_dataset import WebDatasetCaptions
 
 
@@ -58,6 +58,7 @@ class CustomCaptionBuilder(_CaptionBuilder):
 
     reader = staticmethod(read_custom)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/caption_custom/defaults.yaml"}
+    BUILD_INFO_KEYS = TABLE_KEYS
 
 
 @registry.register_builder("hf_caption")
@@ -66,6 +67,12 @@ class HFCaptionBuilder(_CaptionBuilder):
 
     reader = staticmethod(read_hf)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/hf_caption/defaults.yaml"}
+    BUILD_INFO_KEYS = HF_SOURCE_KEYS
+    SPLIT_KEYS = ("split",)  # the source split a split reads (without split_ratios)
+
+    def build(self):
+        self.config = with_ratio_splits(self.config)  # split_ratios alone names the splits
+        return super().build()
 
 
 @registry.register_builder("wds_caption")
@@ -75,6 +82,8 @@ class WebDatasetCaptionBuilder(BaseDatasetBuilder):
     train_dataset_cls = WebDatasetCaptions
     eval_dataset_cls = WebDatasetCaptions
     DATASET_CONFIG_DICT = {"default": "configs/datasets/wds_caption/defaults.yaml"}
+    BUILD_INFO_KEYS = ("seed",)
+    SPLIT_KEYS = ("num_samples",)
 
 
 @registry.register_builder("nocaps")

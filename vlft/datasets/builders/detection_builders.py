@@ -20,7 +20,7 @@ Keys under ``datasets.<name>.build_info`` (per-split overrides under ``annotatio
 from __future__ import annotations
 
 from vlft.common.registry import registry
-from vlft.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+from vlft.datasets.builders.base_dataset_builder import HF_SOURCE_KEYS, BaseDatasetBuilder
 from vlft.datasets.detection_datasets import DetectionDataset, DetectionEvalDataset, read_shapes_detection
 from vlft.datasets.detection_sources import (read_coco_detection, read_florence_jsonl, read_grounding_jsonl,
                                              read_hf_florence)
@@ -29,6 +29,8 @@ from vlft.datasets.detection_sources import (read_coco_detection, read_florence_
 class _DetectionBuilder(BaseDatasetBuilder):
     train_dataset_cls = DetectionDataset
     eval_dataset_cls = DetectionEvalDataset
+    BUILD_INFO_KEYS = ("prompt", "categories")
+    SPLIT_KEYS = ("image_root",)
 
 
 @registry.register_builder("coco_detection")
@@ -53,6 +55,8 @@ class HFFlorenceBuilder(_DetectionBuilder):
 
     reader = staticmethod(read_hf_florence)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/hf_florence/defaults.yaml"}
+    BUILD_INFO_KEYS = HF_SOURCE_KEYS
+    SPLIT_KEYS = ("split",)
 
 
 @registry.register_builder("grounding_jsonl")

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from vlft.common.registry import registry
-from vlft.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+from vlft.datasets.builders.base_dataset_builder import HF_SOURCE_KEYS, BaseDatasetBuilder
 from vlft.datasets.caption_sources import image_root, option
 from vlft.datasets.instruction_datasets import (MESSAGES_FORMAT, InstructionDataset, InstructionEvalDataset, _images_of,
                                                 _turns, read_llava, read_messages, read_reference_json)
@@ -147,6 +147,8 @@ class HFInstructionBuilder(_InstructionBuilder):
 
     reader = staticmethod(read_hf_instruction)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/hf_instruction/defaults.yaml"}
+    BUILD_INFO_KEYS = HF_SOURCE_KEYS
+    SPLIT_KEYS = ("split",)
 
 
 @registry.register_builder("shapes_chat")

@@ -20,7 +20,7 @@ Nothing is downloaded; relative paths resolve under the cache root (``run.cache_
 from __future__ import annotations
 
 from vlft.common.registry import registry
-from vlft.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+from vlft.datasets.builders.base_dataset_builder import TABLE_KEYS, BaseDatasetBuilder
 from vlft.datasets.caption_datasets import CaptionDataset
 from vlft.datasets.retrieval_datasets import (
     RetrievalEvalDataset,
@@ -57,3 +57,4 @@ class CustomRetrievalBuilder(_RetrievalBuilder):
 
     reader = staticmethod(read_retrieval_custom)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/retrieval_custom/defaults.yaml"}
+    BUILD_INFO_KEYS = TABLE_KEYS

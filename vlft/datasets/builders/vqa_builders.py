@@ -33,7 +33,7 @@ Nothing is downloaded; relative paths resolve under the cache root (``run.cache_
 from __future__ import annotations
 
 from vlft.common.registry import registry
-from vlft.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+from vlft.datasets.builders.base_dataset_builder import TABLE_KEYS, BaseDatasetBuilder
 from vlft.datasets.vqa_datasets import AOKVQAEvalDataset, VQADataset, VQAEvalDataset
 from vlft.datasets.vqa_sources import read_aok_vqa, read_coco_vqa, read_gqa, read_ok_vqa, read_vg_vqa, read_vqa_custom
 
@@ -41,6 +41,7 @@ from vlft.datasets.vqa_sources import read_aok_vqa, read_coco_vqa, read_gqa, rea
 class _VQABuilder(BaseDatasetBuilder):
     train_dataset_cls = VQADataset
     eval_dataset_cls = VQAEvalDataset
+    BUILD_INFO_KEYS = ("answer_list",)
 
 
 @registry.register_builder("coco_vqa")
@@ -94,3 +95,4 @@ class CustomVQABuilder(_VQABuilder):
 
     reader = staticmethod(read_vqa_custom)
     DATASET_CONFIG_DICT = {"default": "configs/datasets/vqa_custom/defaults.yaml"}
+    BUILD_INFO_KEYS = TABLE_KEYS

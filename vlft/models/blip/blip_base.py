@@ -141,7 +141,12 @@ class BlipEncoderBase(MomentumDistillation, BaseModel):
     """ViT + text encoder + ITC projections + ITM head (``self.blip``), with optional momentum
     encoders and feature queues. Subclasses define ``forward``."""
 
+    hf_attr = "blip"  # BlipForImageTextRetrieval: LoRA adapters export in its names
+
     lavis_layout = "encoder"  # the key map of vlft.models.convert.lavis_blip
+    # beyond the default YAMLs (checked by vlft.common.validate_model)
+    CONFIG_KEYS = ("trust_remote_code", "vit_grad_ckpt", "vit_ckpt_layer")
+    HF_SUB_CONFIGS = {"vision_config": "BlipVisionConfig", "text_config": "BlipTextConfig"}
 
     def __init__(self, blip: nn.Module, tokenizer, max_txt_len: int = 35, queue_size: int = 0, alpha: float = 0.4,
                  momentum: float = 0.995, idx_queue: bool = True):

@@ -24,6 +24,7 @@ from torch import nn
 
 from vlft.common.registry import registry
 from vlft.models.base_model import BaseModel
+from vlft.models.generation_cache import beam_search_cache
 
 logger = logging.getLogger(__name__)
 _TORCH_CKPT = (".pth", ".pt", ".bin", ".safetensors")
@@ -96,6 +97,7 @@ def load_lavis_weights(hf_model: nn.Module, source, convert=None, what: str = "c
 
 @registry.register_model("blip_caption")
 class BlipCaption(BaseModel):
+    hf_attr = "blip"  # BlipForConditionalGeneration: LoRA adapters export in its names
     PRETRAINED_MODEL_CONFIG_DICT = {
         "base_coco": "configs/models/blip/caption_base_coco.yaml",
         "large_coco": "configs/models/blip/caption_large_coco.yaml",
@@ -103,6 +105,11 @@ class BlipCaption(BaseModel):
         "large": "configs/models/blip/caption_large.yaml",
         "tiny": "configs/models/blip/caption_tiny.yaml",
     }
+    # what from_config reads beyond the default YAMLs (checked by vlft.common.validate_model)
+    CONFIG_KEYS = ("trust_remote_code",)
+    HF_SUB_CONFIGS = {"vision_config": "BlipVisionConfig", "text_config": "BlipTextConfig"}
+    # generation lengths count the prompt: beyond the decoder's positions F.embedding fails
+    POSITION_LIMITS = {"max_txt_len": "text_config", "run.max_len": "text_config"}
 
     def __init__(self, blip: nn.Module, tokenizer, prompt: str = "a picture of ", max_txt_len: int = 40):
         super().__init__()
@@ -174,6 +181,8 @@ class BlipCaption(BaseModel):
             decoding.update(do_sample=True, top_p=top_p, num_beams=1)
         else:
             decoding.update(num_beams=max(num_beams, num_captions), do_sample=False)
+            # beam search without re-copying the image's cross-attention keys/values every step
+            decoding.update(beam_search_cache(decoding["num_beams"]))
         out = self.blip.generate(pixel_values=image, input_ids=prompt_ids, **decoding)
         captions = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         stripped = prompt.strip()

@@ -96,6 +96,7 @@ class BlipNLVR(BaseModel):
         "nlvr": "configs/models/blip/nlvr.yaml",
         "tiny": "configs/models/blip/nlvr_tiny.yaml",
     }
+    HF_SUB_CONFIGS = {"vision_config": "BlipVisionConfig", "text_config": "BlipTextConfig"}
     lavis_layout = "nlvr"
 
     def __init__(self, vision_model: nn.Module, text_encoder: nn.Module, tokenizer, num_classes: int = 2):

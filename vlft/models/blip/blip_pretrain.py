@@ -58,10 +58,12 @@ def tie_decoder_to_encoder(text_encoder: nn.Module, text_decoder: nn.Module) -> 
 
 @registry.register_model("blip_pretrain")
 class BlipPretrain(BlipEncoderBase):
+    hf_attr = None  # no save_hf (no transformers counterpart): LoRA adapters keep vlft's names
     PRETRAINED_MODEL_CONFIG_DICT = {
         "base": "configs/models/blip/pretrain_base.yaml",
         "tiny": "configs/models/blip/pretrain_tiny.yaml",
     }
+    CONFIG_KEYS = ("tie_enc_dec_weights",)  # beyond the default YAMLs (vlft.common.validate_model)
 
     def __init__(self, blip: nn.Module, text_decoder: nn.Module, tokenizer, max_txt_len: int = 30,
                  queue_size: int = 57600, alpha: float = 0.4, momentum: float = 0.995, use_image_ids: bool = False,

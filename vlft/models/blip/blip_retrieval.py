@@ -43,6 +43,7 @@ class BlipRetrieval(BlipEncoderBase):
         "flickr": "configs/models/blip/retrieval_flickr.yaml",
         "tiny": "configs/models/blip/retrieval_tiny.yaml",
     }
+    CONFIG_KEYS = ("alpha", "momentum", "negative_all_rank")  # beyond the default YAMLs
     DEFAULT_QUEUE_SIZE = 57600
 
     def __init__(self, blip, tokenizer, max_txt_len: int = 35, queue_size: int = 57600, alpha: float = 0.4,

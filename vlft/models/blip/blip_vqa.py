@@ -46,6 +46,7 @@ from torch import nn
 
 from vlft.common.registry import registry
 from vlft.models.base_model import BaseModel
+from vlft.models.generation_cache import beam_search_cache
 from vlft.models.blip.blip_caption import build_blip_config, load_lavis_weights, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def mask_cross_attention(blip: nn.Module) -> int:
 
 @registry.register_model("blip_vqa")
 class BlipVqa(BaseModel):
+    hf_attr = "blip"  # BlipForQuestionAnswering: LoRA adapters export in its names
     PRETRAINED_MODEL_CONFIG_DICT = {
         "vqav2": "configs/models/blip/vqa_vqav2.yaml",
         "vqav2_capfilt_large": "configs/models/blip/vqa_vqav2_capfilt_large.yaml",
@@ -103,6 +105,9 @@ class BlipVqa(BaseModel):
         "aokvqa": "configs/models/blip/vqa_aokvqa.yaml",
         "tiny": "configs/models/blip/vqa_tiny.yaml",
     }
+    CONFIG_KEYS = ("trust_remote_code",)  # beyond the default YAMLs (vlft.common.validate_model)
+    HF_SUB_CONFIGS = {"vision_config": "BlipVisionConfig", "text_config": "BlipTextConfig"}
+    POSITION_LIMITS = {"max_txt_len": "text_config"}
 
     def __init__(self, blip: nn.Module, tokenizer, max_txt_len: int = 35, label_smoothing: Optional[float] = None):
         """``blip``: a transformers ``BlipForQuestionAnswering``. ``label_smoothing``: the answer
@@ -244,7 +249,8 @@ class BlipVqa(BaseModel):
         out = self.blip.text_decoder.generate(
             input_ids=start, attention_mask=torch.ones_like(start), encoder_hidden_states=states,
             encoder_attention_mask=question_mask, num_beams=num_beams, do_sample=False, max_length=max_len,
-            min_length=min_len, eos_token_id=self.tokenizer.sep_token_id, pad_token_id=self.tokenizer.pad_token_id)
+            min_length=min_len, eos_token_id=self.tokenizer.sep_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            **beam_search_cache(num_beams))  # the question's cross-attention keys/values are not re-copied per step
         return [a.strip() for a in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def _candidates(self, answer_list: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -95,6 +95,11 @@ class Blip2Base(BaseModel):
     """What every BLIP-2 model shares: LAVIS checkpoint loading and the ViT's setup."""
 
     hf_attr = "blip2"
+    # beyond the default YAMLs (checked by vlft.common.validate_model); vision_config
+    # overrides the vit_model's Blip2VisionConfig (vlft.models.eva_vit.vision_config)
+    CONFIG_KEYS = ("vit_pretrained", "qformer_init", "trust_remote_code")
+    HF_SUB_CONFIGS = {"vision_config": "Blip2VisionConfig", "qformer_config": "Blip2QFormerConfig",
+                      "text_config": "auto:opt"}
 
     def load_checkpoint(self, path):
         """A LAVIS BLIP-2 checkpoint (recognised by its keys; a report of missing and

@@ -58,6 +58,7 @@ from torch import nn
 
 from vlft.models.blip2.blip2_base import (Blip2Base, build_qformer_config, decode_texts, hf_source, init_parts,
                                           init_query_tokens, load_pretrained_blip2, prepare_vit)
+from vlft.models.generation_cache import beam_search_cache
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -77,6 +78,7 @@ def load_lm_tokenizer(name: str):
 class Blip2LM(Blip2Base):
     #: the ``model:`` key naming the language model (``opt_model`` / ``t5_model``)
     llm_key = ""
+    CONFIG_KEYS = ("bos_target", "max_output_txt_len", "embed_dim")  # beyond the default YAMLs
 
     def __init__(self, blip2: nn.Module, tokenizer, prompt: str = "", max_txt_len: int = 32,
                  max_output_txt_len: Optional[int] = None, bos_target: bool = True):
@@ -141,6 +143,20 @@ class Blip2LM(Blip2Base):
 
             lm.to(_DTYPES[precision])
             hold_own_precision(lm)
+
+    def peft_parts(self) -> List[Any]:
+        """LoRA adapters on export: ``adapter/`` for the whole ``Blip2ForConditionalGeneration``
+        and ``adapter_llm/`` for its LLM alone (an ``OPTForCausalLM`` / ``T5ForConditionalGeneration``:
+        ``Blip2ForConditionalGeneration.from_pretrained(hf_base).language_model``, or the LLM id
+        vlft read, which its ``base_model_name_or_path`` names when there is one)."""
+        from transformers import Blip2ForConditionalGeneration
+
+        from vlft.models.peft_export import PeftPart
+
+        lm = self.blip2.language_model
+        return super().peft_parts() + [
+            PeftPart("adapter_llm", "blip2.language_model", type(lm), base_attr="language_model",
+                     base_class=Blip2ForConditionalGeneration, source=str(getattr(lm, "name_or_path", "") or ""))]
 
     # ------------------------------------------------------------------ inputs
     def query_embeds(self, image: torch.Tensor) -> torch.Tensor:
@@ -240,6 +256,8 @@ class Blip2LM(Blip2Base):
             embeds = torch.cat([query.to(text.dtype), text], 1)
         if not decoding.get("do_sample"):
             decoding = {k: v for k, v in decoding.items() if k not in ("top_p", "temperature")}
+        if not self.decoder_only:  # T5: its encoder output's cross-attention keys/values are not re-copied per beam step
+            decoding.update(beam_search_cache(int(decoding.get("num_beams", 1))))
         out = self.blip2.language_model.generate(
             inputs_embeds=embeds, attention_mask=torch.cat([ones, src.attention_mask], 1),
             eos_token_id=self.end_id, pad_token_id=self.tokenizer.pad_token_id, **decoding)

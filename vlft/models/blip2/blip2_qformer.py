@@ -94,6 +94,8 @@ class Blip2Qformer(Blip2Base):
         "coco": "configs/models/blip2/blip2_coco.yaml",
         "tiny": "configs/models/blip2/blip2_tiny.yaml",
     }
+    CONFIG_KEYS = ("clamp_temp",)  # beyond the default YAMLs (vlft.common.validate_model)
+    POSITION_LIMITS = {"max_txt_len": "qformer_config"}
 
     def __init__(self, blip2: nn.Module, tokenizer, max_txt_len: int = 32, clamp_temp: bool = False):
         super().__init__()

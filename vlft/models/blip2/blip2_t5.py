@@ -30,6 +30,7 @@ class Blip2T5(Blip2LM):
         "caption_coco_flant5xl": "configs/models/blip2/blip2_caption_flant5xl.yaml",
         "tiny": "configs/models/blip2/blip2_t5_tiny.yaml",
     }
+    CONFIG_KEYS = ("dense_act_fn",)  # beyond the default YAMLs (vlft.common.validate_model)
     llm_key = "t5_model"
 
     @classmethod

@@ -104,6 +104,9 @@ class Florence2(BaseModel):
         "large_ft": "configs/models/florence2/large_ft.yaml",
         "tiny": "configs/models/florence2/tiny.yaml",
     }
+    CONFIG_KEYS = ("trust_remote_code",)  # beyond the default YAMLs (vlft.common.validate_model)
+    HF_SUB_CONFIGS = {"vision_config": "Florence2VisionConfig", "text_config": "auto:bart"}
+    POSITION_LIMITS = {"max_txt_len": "text_config"}
 
     def __init__(self, hf_model: nn.Module, tokenizer, prompt: str = "<CAPTION>", max_txt_len: int = 1024,
                  image_size: int = 768):
@@ -229,6 +232,13 @@ class Florence2(BaseModel):
             self.config.tie_word_embeddings = False
             logger.info("florence2: lm_head untied from the input embeddings for LoRA (merged exports stay exact)")
         return regex
+
+    def peft_parts(self) -> List[Any]:
+        """The model keeps transformers' names: its adapter is ``Florence2ForConditionalGeneration``'s."""
+        from vlft.models.peft_export import PeftPart
+
+        hf = self.__dict__["_hf"]
+        return [PeftPart("adapter", "", type(hf), source=str(getattr(hf, "name_or_path", "") or ""))]
 
     # ------------------------------------------------------------------ inputs
     def num_image_tokens(self, height: int, width: int) -> int:

@@ -18,12 +18,10 @@ tokens and transformers' ``<image>`` placeholder.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import List
+
+from vlft.models.tiny_bpe import cached_tokenizer_dir, train_byte_level_bpe
 
 IMAGE_TOKEN = "<image>"
 BART_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -49,50 +47,20 @@ def _tiny_corpus() -> List[str]:
     return text
 
 
-def _cache_dir(digest: str) -> Path:
-    root = Path(os.environ.get("VLFT_CACHE_ROOT") or Path.home() / ".cache" / "vlft").expanduser()
-    for base in (root / "tokenizers", Path(tempfile.gettempdir()) / "vlft_tokenizers"):
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            if os.access(base, os.W_OK):
-                return base / f"florence2_tiny_{digest}"
-        except OSError:
-            continue
-    raise OSError("no writable folder for the tiny Florence-2 tokenizer (set VLFT_CACHE_ROOT)")
-
-
-def _build_tiny(out: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _build_tiny():
     from transformers import BartTokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=BART_SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_tiny_corpus(), trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tok = BartTokenizer(vocab=model["vocab"], merges=merges)
+    vocab, merges = train_byte_level_bpe(_tiny_corpus(), TINY_VOCAB_SIZE, BART_SPECIALS)
+    tok = BartTokenizer(vocab=vocab, merges=merges)
     tok.add_special_tokens({"additional_special_tokens": florence_tokens()})
     tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    tok.save_pretrained(tmp)
-    try:
-        os.replace(tmp, out)  # atomic: a concurrent builder's identical copy may already be there
-    except OSError:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
 
 
 def tiny_tokenizer():
     """The tiny models' tokenizer (deterministic; built once, then loaded from the cache)."""
-    digest = hashlib.sha1(json.dumps([TINY_VOCAB_SIZE, BART_SPECIALS, florence_tokens(), _tiny_corpus()]).encode()).hexdigest()[:12]
-    out = _cache_dir(digest)
-    if not (out / "tokenizer_config.json").is_file():
-        _build_tiny(out)
-    return _with_image_token(str(out))
+    defining = [TINY_VOCAB_SIZE, BART_SPECIALS, florence_tokens(), _tiny_corpus()]
+    return _with_image_token(str(cached_tokenizer_dir("florence2_tiny", defining, _build_tiny)))
 
 
 def _with_image_token(source: str):

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from vlft.common.registry import registry
+from vlft.common.validate_common import ConfigError
 from vlft.models.base_model import BaseModel
 from vlft.models.minigpt4qwen.generation import GenerationMixin
 from vlft.processors.chat import IMAGE_MARK, ChatEncoder, pad_batch
@@ -60,7 +61,7 @@ MODEL_KEYS = {
     "vit_pretrained", "vision_config", "qformer_config", "cross_attention_freq", "llm_config", "llm_tokenizer",
     "llm_precision", "trust_remote_code", "image_token", "pad_token", "system_message", "label_style", "chat_template",
     "lora_target_modules", "llm_grad_checkpoint", "caption_prompt", "vqa_prompt", "padding",
-    "export_merge_lora",
+    "export_merge_lora", "unfreeze_pos_embed", "qformer_text_input",
     "freeze", "unfreeze", "peft",  # the generic fine-tuning keys (vlft.models.adapters)
 }
 
@@ -85,6 +86,10 @@ class MiniGPT4Qwen(GenerationMixin, BaseModel):
         "qwen3_8b": "configs/models/minigpt4qwen/qwen3_8b.yaml",
         "tiny": "configs/models/minigpt4qwen/tiny.yaml",
     }
+    CONFIG_KEYS = tuple(sorted(MODEL_KEYS))  # checked before anything loads (vlft.common.validate_model)
+    HF_SUB_CONFIGS = {"vision_config": "Blip2VisionConfig", "qformer_config": "Blip2QFormerConfig",
+                      "llm_config": "auto:qwen2"}
+    POSITION_LIMITS = {"max_txt_len": "llm_config"}
 
     def __init__(self, vision_model: nn.Module, qformer: nn.Module, query_tokens: nn.Parameter, llm_model: nn.Module,
                  tokenizer, chat: ChatEncoder, pad_id: int, caption_prompt: str, vqa_prompt: str,
@@ -110,8 +115,11 @@ class MiniGPT4Qwen(GenerationMixin, BaseModel):
         unknown = sorted(set(cfg) - MODEL_KEYS)
         if unknown:
             hint = difflib.get_close_matches(unknown[0], sorted(MODEL_KEYS), n=3)
-            raise ValueError(f"minigpt4qwen: unknown model key {unknown[0]!r}" + (f"; did you mean {hint}?" if hint else "")
+            raise ConfigError(f"minigpt4qwen: unknown model key {unknown[0]!r}" + (f"; did you mean {hint}?" if hint else "")
                              + f" (known keys: {', '.join(sorted(MODEL_KEYS))})")
+        if cfg.get("qformer_text_input", False):  # the reference raises NotImplementedError too
+            raise ConfigError("model.qformer_text_input: true is not supported; the Q-Former sees only the "
+                             "image (the reference's YAMLs all set false)")
         if float(cfg.get("drop_path_rate") or 0) > 0:
             logger.warning("drop_path_rate=%s ignored: the frozen EVA ViT runs without stochastic depth",
                            cfg.get("drop_path_rate"))
@@ -194,6 +202,12 @@ class MiniGPT4Qwen(GenerationMixin, BaseModel):
         prepare_vision_encoder(self.vision_model, freeze_vit=bool(cfg.get("freeze_vit", True)),
                                vit_precision=str(cfg.get("vit_precision", "fp16")),
                                use_grad_checkpoint=bool(cfg.get("use_grad_checkpoint", False)))
+        if cfg.get("unfreeze_pos_embed", False) and cfg.get("freeze_vit", True):
+            # the reference's option: the frozen ViT's position embedding trains (kept in fp32,
+            # the embeddings cast it to the ViT's dtype when adding it)
+            pos = self.vision_model.embeddings.position_embedding
+            pos.data = pos.data.float()
+            pos.requires_grad_(True)
         if cfg.get("freeze_qformer", True):
             self.qformer.requires_grad_(False)
             self.vision_model.post_layernorm.requires_grad_(False)  # ln_vision: only llm_proj trains
@@ -317,6 +331,18 @@ class MiniGPT4Qwen(GenerationMixin, BaseModel):
             report = load_reference_checkpoint(self, state, name=str(path) if not isinstance(path, Mapping) else "state")
             return report.missing, report.unexpected
         return load_model_weights(self, {"model": state})
+
+    def peft_parts(self) -> List[Any]:
+        """LoRA on export: ``adapter/`` for the LLM alone (``get_lora`` or ``model.peft``), onto
+        ``AutoModelForCausalLM.from_pretrained(hf_base/llm)``; LoRA on the vision side has no
+        transformers base written and stays in vlft's names (``adapter_vlft/``)."""
+        from transformers import AutoModelForCausalLM
+
+        from vlft.models.peft_export import PeftPart
+
+        llm = self.llm_model.get_base_model() if hasattr(self.llm_model, "peft_config") else self.llm_model
+        return [PeftPart("adapter", "llm_model", type(llm), base="hf_base/llm", base_class=AutoModelForCausalLM,
+                         source=str(getattr(llm, "name_or_path", "") or ""))]
 
     def save_hf(self, out_dir: str, merge_lora: Optional[bool] = None):
         """See ``vlft.models.minigpt4qwen.export.save_hf``; ``merge_lora`` defaults to the

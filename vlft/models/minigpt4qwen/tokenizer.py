@@ -16,12 +16,10 @@ queries replace it).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional
+
+from vlft.models.tiny_bpe import cached_tokenizer_dir, train_byte_level_bpe
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>"]
 TINY_VOCAB_SIZE = 480  # BPE entries with the specials (256 bytes + merges)
@@ -40,53 +38,24 @@ def _tiny_corpus() -> List[str]:
     return text
 
 
-def _cache_dir(digest: str) -> Path:
-    root = Path(os.environ.get("VLFT_CACHE_ROOT") or Path.home() / ".cache" / "vlft").expanduser()
-    for base in (root / "tokenizers", Path(tempfile.gettempdir()) / "vlft_tokenizers"):
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            if os.access(base, os.W_OK):
-                return base / f"qwen_tiny_{digest}"
-        except OSError:
-            continue
-    raise OSError("no writable folder for the tiny Qwen tokenizer (set VLFT_CACHE_ROOT)")
-
-
-def _build_tiny(out: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _build_tiny():
     from transformers import Qwen2Tokenizer
 
     from vlft.processors.chat import CHAT_TEMPLATES
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(_tiny_corpus(), trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tok = Qwen2Tokenizer(vocab=model["vocab"], merges=merges, unk_token=None, eos_token="<|im_end|>",
+    vocab, merges = train_byte_level_bpe(_tiny_corpus(), TINY_VOCAB_SIZE, SPECIALS)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>",
                          pad_token="<|endoftext|>", additional_special_tokens=["<|im_start|>", "<|image_pad|>"])
     tok.chat_template = CHAT_TEMPLATES["chatml"]
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    tok.save_pretrained(tmp)
-    try:
-        os.replace(tmp, out)  # atomic: a concurrent builder's identical copy may already be there
-    except OSError:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    return tok
 
 
 def tiny_tokenizer_dir() -> Path:
     """The folder of the tiny tokenizer (built on first use)."""
     from vlft.processors.chat import CHAT_TEMPLATES
 
-    digest = hashlib.sha1(json.dumps([TINY_VOCAB_SIZE, SPECIALS, CHAT_TEMPLATES["chatml"], _tiny_corpus()]).encode())
-    out = _cache_dir(digest.hexdigest()[:12])
-    if not (out / "tokenizer_config.json").is_file():
-        _build_tiny(out)
-    return out
+    defining = [TINY_VOCAB_SIZE, SPECIALS, CHAT_TEMPLATES["chatml"], _tiny_corpus()]
+    return cached_tokenizer_dir("qwen_tiny", defining, _build_tiny)
 
 
 def load_tokenizer(name: str, image_token: str, trust_remote_code: bool = False, pad_token: Optional[str] = None):

@@ -1,0 +1,21 @@
+"""The CPU benchmarks still run (a few steps each), so that they cannot rot."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, subprocess_env
+
+RUNS = [
+    ["benchmarks/optimizer_step.py", "--steps", "2", "--rounds", "1"],
+    ["benchmarks/runner_overhead.py", "--steps", "3", "--warmup", "1", "--trials", "1", "--num-batches", "2",
+     "--batch-size", "4"],
+]
+
+
+@pytest.mark.parametrize("args", RUNS, ids=[r[0].split("/")[1] for r in RUNS])
+def test_benchmark_runs(args):
+    out = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("fused" in out.stdout) if "optimizer" in args[0] else ("bit-identical: True" in out.stdout), out.stdout
