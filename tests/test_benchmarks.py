@@ -7,6 +7,8 @@ import pytest
 from tests.helpers import REPO, subprocess_env
 
 RUNS = [
+    ["benchmarks/blip_caption_train.py", "--hidden-size", "64", "--num-layers", "1", "--image-size", "32",
+     "--steps", "1", "--warmup", "1", "--trials", "1", "--batch-size", "2"],
     ["benchmarks/optimizer_step.py", "--steps", "2", "--rounds", "1"],
     ["benchmarks/runner_overhead.py", "--steps", "3", "--warmup", "1", "--trials", "1", "--num-batches", "2",
      "--batch-size", "4"],
@@ -18,4 +20,5 @@ def test_benchmark_runs(args):
     out = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                          timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert ("fused" in out.stdout) if "optimizer" in args[0] else ("bit-identical: True" in out.stdout), out.stdout
+    expected = {"optimizer_step.py": "fused", "runner_overhead.py": "bit-identical: True", "blip_caption_train.py": "vlft sdpa"}
+    assert expected[args[0].split("/")[1]] in out.stdout, out.stdout

@@ -25,11 +25,13 @@ def load_model(name: str, model_type: str, is_eval: bool = False, device: str = 
     YAML says: relative paths under ``$VLFT_CACHE_ROOT``, URLs downloaded once into it),
     optionally with a checkpoint's weights on top."""
     from vlft.common.utils import resolve_model_paths
+    from vlft.models.adapters import set_attention
 
     model_cls, cfg = _default_config(name, model_type)
     model_cfg = cfg.model
     model_cfg.model_type = model_type
     model = model_cls.from_config(resolve_model_paths(model_cfg))
+    set_attention(model, model_cfg.get("attn_implementation"))
     if checkpoint:
         model.load_checkpoint(checkpoint)
     if is_eval:

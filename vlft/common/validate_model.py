@@ -27,8 +27,9 @@ from vlft.common.validate_common import ConfigError, Layers, did_you_mean, plain
 #: keys every model accepts: the LAVIS checkpoint switches and vlft.models.adapters' fine-tuning
 GENERIC_MODEL_KEYS = frozenset({
     "arch", "model_type", "load_pretrained", "pretrained", "load_finetuned", "finetuned",
-    "freeze", "unfreeze", "peft",
+    "freeze", "unfreeze", "peft", "attn_implementation",
 })
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
@@ -105,6 +106,10 @@ def validate_model(cfg: DictConfig, model_cls: type, layers: Optional[Layers] = 
         if key not in valid:
             raise ConfigError(f"unknown key model.{key} for model {arch}{did_you_mean(key, valid)}"
                               f"{layers.note(f'model.{key}')}. Valid keys: {', '.join(sorted(valid))}")
+    impl = model.get("attn_implementation")
+    if impl is not None and impl not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {impl!r}"
+                          f"{did_you_mean(str(impl), ATTN_IMPLEMENTATIONS)}{layers.note('model.attn_implementation')}")
     sub_configs = _declared(model_cls, "HF_SUB_CONFIGS")
     for key, spec in sub_configs.items():
         section = plain(model.get(key))

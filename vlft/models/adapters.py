@@ -129,7 +129,8 @@ def apply_peft(model: nn.Module, cfg: Mapping[str, Any]) -> nn.Module:
 
 
 def apply_finetuning(model: nn.Module, model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Freeze, then wrap with peft, as the ``model:`` section asks."""
+    """Attention kernels, freezing, then the peft wrapper, as the ``model:`` section asks."""
+    set_attention(model, model_cfg.get("attn_implementation"))
     if model_cfg.get("freeze"):
         freeze(model, list(model_cfg.freeze))
     if model_cfg.get("unfreeze"):  # scheduled parameters start frozen
@@ -142,6 +143,19 @@ def apply_finetuning(model: nn.Module, model_cfg: Mapping[str, Any]) -> nn.Modul
             raise ValueError("model.unfreeze and model.peft together are not supported: LoRA trains adapters only")
         model = apply_peft(model, model_cfg.peft)
     return model
+
+
+def set_attention(model: nn.Module, implementation) -> None:
+    """``model.attn_implementation``: ``sdpa`` runs BLIP's (v1) attention on
+    ``scaled_dot_product_attention``, ``eager`` (the default) on transformers' own
+    kernels (vlft/models/blip/sdpa.py). BLIP-2, Florence-2 and the chat LLMs already use
+    transformers' SDPA; the key changes nothing there."""
+    if implementation:
+        from vlft.models.blip.sdpa import set_blip_attention
+
+        changed = set_blip_attention(model, str(implementation))
+        if changed:
+            logger.info("attention: %s in %d BLIP attention module(s)", implementation, changed)
 
 
 def base_model(model: nn.Module) -> nn.Module:
