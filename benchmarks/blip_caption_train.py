@@ -14,7 +14,9 @@ backward, a fused AdamW step and ``zero_grad(set_to_none=True)``:
   step as the runner's loop does, with transformers' eager attention (the default,
   ``model.attn_implementation: eager``);
 * ``vlft sdpa``: the same with ``model.attn_implementation: sdpa``
-  (``vlft/models/blip/sdpa.py``).
+  (``vlft/models/blip/sdpa.py``);
+* with ``--compile``, ``vlft sdpa+compile``: also ``model.compile: [blip.vision_model]``
+  (``torch.compile``, inductor; the compilation happens in the warm-up and is printed).
 
 The loops take turns, ``--trials`` times ``--steps`` timed steps after ``--warmup``,
 with dropout off (``model.eval()`` during the step would also disable it; here the
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="add a loop with the ViT compiled (torch.compile)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -95,6 +98,12 @@ def main(argv=None) -> int:
     loops = {"transformers": (hf, lambda: hf(**hf_inputs).loss),
              "vlft eager": (model, lambda: model(samples)["loss"]),
              "vlft sdpa": (sdpa, lambda: sdpa(samples)["loss"])}
+    if a.compile:
+        from vlft.models.adapters import compile_modules
+
+        compiled = copy.deepcopy(sdpa)
+        compile_modules(compiled, ["blip.vision_model"])
+        loops["vlft sdpa+compile"] = (compiled, lambda: compiled(samples)["loss"])
     with torch.no_grad():
         first = {name: float(step()) for name, (_, step) in loops.items()}
     opts = {name: torch.optim.AdamW([q for q in m.parameters() if q.requires_grad], lr=1e-5, fused=True)
@@ -110,7 +119,10 @@ def main(argv=None) -> int:
         return (time.perf_counter() - t0) / n
 
     for name in loops:
+        t0 = time.perf_counter()
         run(name, a.warmup)
+        if name.endswith("compile"):
+            print(f"warm-up of {name} (compiling): {time.perf_counter() - t0:.1f}s")
     times = {name: [] for name in loops}
     for trial in range(a.trials):
         for name in (list(loops) if trial % 2 == 0 else list(loops)[::-1]):
@@ -121,10 +133,10 @@ def main(argv=None) -> int:
           f"{a.image_size} px ({tokens} image tokens), batch {a.batch_size}, fp32, {a.threads} thread(s), "
           f"torch {torch.__version__}; {a.trials} trials x {a.steps} steps")
     base = statistics.median(times["transformers"])
-    print(f"{'loop':14s} {'ms/step':>9s} {'vs transformers':>16s} {'|loss - transformers| at step 1':>32s}")
+    print(f"{'loop':18s} {'ms/step':>9s} {'vs transformers':>16s} {'|loss - transformers| at step 1':>32s}")
     for name in loops:
         med = statistics.median(times[name])
-        print(f"{name:14s} {med * 1e3:9.1f} {med / base:16.3f} {abs(first[name] - first['transformers']):32.2e}")
+        print(f"{name:18s} {med * 1e3:9.1f} {med / base:16.3f} {abs(first[name] - first['transformers']):32.2e}")
     return 0
 
 

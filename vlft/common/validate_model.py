@@ -27,7 +27,7 @@ from vlft.common.validate_common import ConfigError, Layers, did_you_mean, plain
 #: keys every model accepts: the LAVIS checkpoint switches and vlft.models.adapters' fine-tuning
 GENERIC_MODEL_KEYS = frozenset({
     "arch", "model_type", "load_pretrained", "pretrained", "load_finetuned", "finetuned",
-    "freeze", "unfreeze", "peft", "attn_implementation",
+    "freeze", "unfreeze", "peft", "attn_implementation", "compile",
 })
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")

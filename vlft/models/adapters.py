@@ -138,11 +138,48 @@ def apply_finetuning(model: nn.Module, model_cfg: Mapping[str, Any]) -> nn.Modul
             params = dict(model.named_parameters())
             for name in names:
                 params[name].requires_grad_(False)
+    if model_cfg.get("compile"):
+        compile_modules(model, model_cfg.compile)
     if model_cfg.get("peft"):
         if model_cfg.get("unfreeze"):
             raise ValueError("model.unfreeze and model.peft together are not supported: LoRA trains adapters only")
         model = apply_peft(model, model_cfg.peft)
     return model
+
+
+COMPILE_OPTIONS = ("modules", "backend", "mode", "dynamic", "fullgraph")
+
+
+def compile_modules(model: nn.Module, spec: Any) -> List[str]:
+    """``model.compile``: ``[blip.vision_model]`` or ``{modules: [...], backend: inductor,
+    mode: max-autotune, dynamic: null, fullgraph: false}`` compiles those submodules in
+    place with ``torch.compile`` (``nn.Module.compile``: parameter names, checkpoints and
+    LoRA targets are unchanged). The first steps are slow while it compiles; worth it
+    on a GPU for a large vision tower whose input shape is fixed."""
+    from omegaconf import OmegaConf
+
+    from vlft.common.validate_common import ConfigError, did_you_mean
+
+    spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else spec
+    options = dict(spec) if isinstance(spec, Mapping) else {"modules": spec}
+    unknown = [k for k in options if k not in COMPILE_OPTIONS]
+    if unknown:
+        raise ConfigError(f"unknown key model.compile.{unknown[0]}{did_you_mean(unknown[0], COMPILE_OPTIONS)}; "
+                          f"valid: {', '.join(COMPILE_OPTIONS)}")
+    names = options.pop("modules", None)
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise ConfigError("model.compile needs the module names to compile, e.g. compile: [blip.vision_model]")
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            raise ConfigError(f"model.compile: no module {name!r} in {type(model).__name__}"
+                              f"{did_you_mean(name, [n for n in modules if n])}")
+        modules[name].compile(**{k: v for k, v in options.items() if v is not None})
+    logger.info("compiling %s with torch.compile (%s): the first steps include the compilation", names,
+                ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults")
+    return list(names)
 
 
 def set_attention(model: nn.Module, implementation) -> None:
