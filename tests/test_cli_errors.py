@@ -142,3 +142,13 @@ def test_deepspeed_config_without_deepspeed_says_what_to_install(tmp_path, capsy
     monkeypatch.setattr(validate_run, "_import_deepspeed_config", lambda: None)
     line = one_error_line(capsys, train(tmp_path, "run.deepspeed_config={zero_optimization: {stage: 2}}"))
     assert "run.deepspeed_config needs DeepSpeed: pip install 'vlft[deepspeed]'" in line
+
+
+def test_the_chat_cli_reports_missing_files_in_one_line(tmp_path, capsys):
+    from vlft.chat import main as chat
+
+    line = one_error_line(capsys, chat(["--cfg-path", str(tmp_path / "nope.yaml")]))
+    assert line == f"config error: --cfg-path: config file not found: {tmp_path / 'nope.yaml'}"
+    project = str(REPO / "projects" / "demo" / "chat_shapes.yaml")
+    assert one_error_line(capsys, chat(["--cfg-path", project, "--ckpt", str(tmp_path / "x.pth")])) == \
+        f"error: --ckpt: no checkpoint at {tmp_path / 'x.pth'}"

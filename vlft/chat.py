@@ -53,6 +53,14 @@ def load_chat_model(cfg_path: str, ckpt: Optional[str] = None, device: str = "cp
     from vlft.models.adapters import apply_finetuning
     from vlft.runners.checkpoint import load_model_weights
 
+    from pathlib import Path
+
+    from vlft.common.validate_common import ConfigError
+
+    if not Path(cfg_path).is_file():
+        raise ConfigError(f"--cfg-path: config file not found: {cfg_path}")
+    if ckpt and not Path(ckpt).exists():
+        raise FileNotFoundError(f"--ckpt: no checkpoint at {ckpt}")
     raw = OmegaConf.merge(OmegaConf.load(cfg_path), parse_options(list(options)))
     if raw.get("model") is None or not raw.model.get("arch"):
         raise ValueError(f"{cfg_path} has no model section with an arch")
