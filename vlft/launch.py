@@ -97,6 +97,7 @@ def _main(argv: Optional[List[str]], evaluate_only: bool) -> int:
                 runner.evaluate()
             else:
                 runner.train()
+            dist.barrier()  # every rank done (rank 0 writes the last files) before the group goes away
         finally:
             dist.destroy()
         return 0
