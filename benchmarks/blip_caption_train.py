@@ -45,24 +45,20 @@ from vlft.models.blip.sdpa import set_blip_attention  # noqa: E402
 from vlft.processors.blip_processors import BlipImageEvalProcessor  # noqa: E402
 
 
+# dropout off everywhere, so that the three loops compute exactly the same function
+TOWERS = {"vision_config": {"attention_dropout": 0.0, "patch_size": 16},
+          "text_config": {"attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.0}}
+
+
 def build(a: argparse.Namespace):
     cls = registry.get_model_class("blip_caption")
     cfg = OmegaConf.load(cls.default_config_path("tiny")).model
     cfg.update(model_type="tiny", load_pretrained=False, load_finetuned=False, tokenizer="shapes",
                image_size=a.image_size)
-    for tower in ("vision_config", "text_config"):
-        sub = cfg.get(tower) or OmegaConf.create({})
-        sub.update(hidden_size=a.hidden_size, intermediate_size=4 * a.hidden_size, num_hidden_layers=a.num_layers,
-                   num_attention_heads=max(1, a.hidden_size // 64), attention_dropout=0.0,
-                   attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0, dropout=0.0)
-        if tower == "vision_config":
-            sub.update(image_size=a.image_size, patch_size=16)
-        else:
-            sub.pop("dropout")
-            sub.pop("attention_dropout")
-        cfg[tower] = sub
-    if "dropout" in cfg.vision_config:
-        cfg.vision_config.pop("dropout")
+    for tower, extra in TOWERS.items():
+        cfg[tower].update(hidden_size=a.hidden_size, intermediate_size=4 * a.hidden_size,
+                          num_hidden_layers=a.num_layers, num_attention_heads=max(1, a.hidden_size // 64), **extra)
+    cfg.vision_config.image_size = a.image_size
     torch.manual_seed(0)
     return cls.from_config(cfg)
 

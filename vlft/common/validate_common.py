@@ -4,7 +4,7 @@
 can say where to fix it."""
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,6 +55,19 @@ class Layers:
         """Where the dotted ``key`` was set, to end a message: `` (set in projects/x.yaml)``."""
         label = self.origin(key)
         return f" (set in {label})" if label else ""
+
+
+def declared(cls: type, attr: str) -> Dict[str, Any]:
+    """``attr`` (a mapping, or a sequence of names) merged over ``cls``'s MRO: a subclass
+    adds to its bases' declarations and overrides their values."""
+    merged: Dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        value = klass.__dict__.get(attr)
+        if isinstance(value, Mapping):
+            merged.update(value)
+        elif value:
+            merged.update(dict.fromkeys(value))
+    return merged
 
 
 def plain(value: Any) -> Any:

@@ -22,17 +22,10 @@ from typing import Any, FrozenSet, Optional, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from vlft.common.registry import registry
-from vlft.common.validate_common import ConfigError, Layers, did_you_mean, plain
+from vlft.common.validate_common import ConfigError, Layers, declared, did_you_mean, plain
 from vlft.common.validate_run import registered
 
 PROCESSOR_KEYS = ("vis_processor", "text_processor")
-
-
-def _declared(cls: type, attr: str) -> set:
-    keys: set = set()
-    for klass in cls.__mro__:
-        keys.update(klass.__dict__.get(attr, ()) or ())
-    return keys
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,7 +34,7 @@ def builder_schema(builder_cls: type) -> Tuple[FrozenSet[str], FrozenSet[str], O
     when the builder declares no split schema (see the module docstring)."""
     from vlft.common.utils import resolve_config_file
 
-    ds_keys, info_keys, split_keys = (_declared(builder_cls, a) for a in ("DATASET_KEYS", "BUILD_INFO_KEYS", "SPLIT_KEYS"))
+    ds_keys, info_keys, split_keys = (set(declared(builder_cls, a)) for a in ("DATASET_KEYS", "BUILD_INFO_KEYS", "SPLIT_KEYS"))
     for path in (getattr(builder_cls, "DATASET_CONFIG_DICT", {}) or {}).values():
         try:
             sections = OmegaConf.to_container(OmegaConf.load(resolve_config_file(path))).get("datasets") or {}

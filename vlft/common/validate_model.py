@@ -22,7 +22,7 @@ from typing import Any, Dict, FrozenSet, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from vlft.common.validate_common import ConfigError, Layers, did_you_mean, plain
+from vlft.common.validate_common import ConfigError, Layers, declared as _declared, did_you_mean, plain
 
 #: keys every model accepts: the LAVIS checkpoint switches and vlft.models.adapters' fine-tuning
 GENERIC_MODEL_KEYS = frozenset({
@@ -31,18 +31,6 @@ GENERIC_MODEL_KEYS = frozenset({
 })
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
-
-
-def _declared(model_cls: type, attr: str) -> Dict[str, Any]:
-    """``attr`` merged over the MRO (a subclass adds to its bases' declarations)."""
-    merged: Dict[str, Any] = {}
-    for klass in reversed(model_cls.__mro__):
-        value = klass.__dict__.get(attr)
-        if isinstance(value, Mapping):
-            merged.update(value)
-        elif value:
-            merged.update(dict.fromkeys(value))
-    return merged
 
 
 @functools.lru_cache(maxsize=None)

@@ -68,10 +68,18 @@ def eval_autocast(run_cfg, strategy, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def summed_over_ranks(skipped: int, seen: int, device: torch.device) -> tuple:
+    """``(skipped, seen)`` summed over the processes (NCCL needs the tensor on the GPU)."""
+    counts = torch.tensor([skipped, seen], dtype=torch.long)
+    if dist.is_dist() and device.type == "cuda":
+        counts = counts.to(device)
+    return tuple(int(x) for x in dist.all_reduce_sum(counts).tolist())
+
+
 def _cached_loader(runner, key: str, dataset):
     """One evaluation loader per split for the runner's life: its (persistent) workers
     start once, not at every validation."""
-    loaders = runner.__dict__.setdefault("_eval_loaders", {})
+    loaders = runner.eval_loaders
     cached = loaders.get(key)
     if cached is None or cached.dataset is not dataset:
         run = runner.run_cfg
@@ -95,10 +103,7 @@ def run_evaluation(runner, splits: List[str], tag: str, epoch: Any = None) -> Di
             batches = OnDevice(loader, runner.device, name=key)
             with eval_autocast(run, runner.strategy, runner.device):
                 results = runner.task.evaluation(module, batches, dataset=ds_splits[split])
-            counts = torch.tensor([batches.skipped, batches.seen], dtype=torch.long)
-            if dist.is_dist() and runner.device.type == "cuda":
-                counts = counts.to(runner.device)
-            skipped, seen = (int(x) for x in dist.all_reduce_sum(counts).tolist())
+            skipped, seen = summed_over_ranks(batches.skipped, batches.seen, runner.device)
             runner.skip_totals[key] = (skipped, seen)
             if skipped:
                 logger.warning("%s: %d of %d sample(s) could not be read and were skipped", key, skipped, seen)

@@ -27,7 +27,7 @@ from vlft.common.utils import rng_state, set_rng_state
 from vlft.runners import checkpoint as ckpt_io
 from vlft.common.threads import apply_num_threads
 from vlft.runners.data import MicroBatchStream, concat
-from vlft.runners.evaluation import move_to_device, run_evaluation, skip_summary
+from vlft.runners.evaluation import move_to_device, run_evaluation, skip_summary, summed_over_ranks
 from vlft.models.adapters import UnfreezeSchedule, export
 from vlft.runners.optim import build_optimizer
 from vlft.runners.strategies import build_strategy
@@ -66,6 +66,7 @@ class RunnerBase:
         self.sinks: Optional[MetricSinks] = None
         self.start_metrics: Optional[Dict[str, Dict[str, float]]] = None
         self.skip_totals: Dict[str, Tuple[int, int]] = {}  # split -> (unreadable, seen), summed over ranks
+        self.eval_loaders: Dict[str, Any] = {}  # split -> its evaluation DataLoader (persistent workers)
         apply_num_threads(self.run_cfg)
 
     # ------------------------------------------------------------------ schedule
@@ -327,10 +328,7 @@ class RunnerBase:
         """Unreadable samples per split (training: this run since it started or resumed)."""
         totals = {}
         if getattr(self, "stream", None) is not None:
-            counts = torch.tensor([self.stream.skips.skipped, self.stream.skips.seen], dtype=torch.long)
-            if dist.is_dist() and self.device.type == "cuda":
-                counts = counts.to(self.device)
-            totals["train"] = tuple(int(x) for x in dist.all_reduce_sum(counts).tolist())
+            totals["train"] = summed_over_ranks(self.stream.skips.skipped, self.stream.skips.seen, self.device)
         totals.update(self.skip_totals)
         if totals:
             logger.info("unreadable samples skipped: %s", skip_summary(totals))
