@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: paths, subprocess launchers, run-folder readers."""
+"""Helpers shared by the tests: paths, subprocess launchers, run-folder readers, tiny models."""
 from __future__ import annotations
 
 import json
@@ -65,3 +65,30 @@ def toy_plugin():
     from vlft.common.plugins import import_user_modules
 
     return import_user_modules([str(PLUGINS / "toy_plugin.py")])[0]
+
+
+def tiny_cfg(cls, model_type: str = "tiny", **overrides):
+    """The ``model`` section of a model class's YAML for ``model_type``, with ``overrides``."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(cls.default_config_path(model_type)).model
+    cfg.merge_with(overrides)
+    return cfg
+
+
+def tiny_model(cls, seed: int = 0, **overrides):
+    """``cls`` built from its tiny YAML after ``torch.manual_seed(seed)``, in eval mode."""
+    torch.manual_seed(seed)
+    return cls.from_config(tiny_cfg(cls, **overrides)).eval()
+
+
+def sharpen(model, seed: int = 1, std: float = 0.3, only=None):
+    """Redraw every weight matrix (or those whose name contains one of ``only``) with a
+    larger std, in place, so that a tiny random model's outputs depend on its inputs (a
+    freshly initialised BLIP writes the same caption for every image)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 2 and (only is None or any(k in name for k in only)):
+                param.copy_(torch.randn(param.shape, generator=g) * std)
+    return model

@@ -3,11 +3,10 @@ matching, the stage-2 inputs, generation, answer ranking, the frozen bf16 ViT, L
 the language model, LAVIS checkpoint import and HF export."""
 from __future__ import annotations
 
-import tests.helpers  # noqa: F401  (HF_HUB_OFFLINE before transformers is imported)
+from tests import helpers  # (sets HF_HUB_OFFLINE before transformers is imported)
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import vlft.models  # noqa: F401  (registers the models)
 from vlft.common.registry import registry
@@ -18,22 +17,17 @@ CAPTIONS = ["a red circle to the left of a blue square", "a green triangle to th
 
 
 def tiny(name: str, seed: int = 0, **overrides):
+    """In training mode, as ``from_config`` leaves it."""
     cls = registry.get_model_class(name)
-    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
-    cfg.merge_with(overrides)
+    cfg = helpers.tiny_cfg(cls, **overrides)
     torch.manual_seed(seed)
     return cls.from_config(cfg)
 
 
 def sharpen(model, seed: int = 0, std: float = 0.3):
-    """Larger random Q-Former-side weights (in place), so that a tiny random model's
-    features, similarities and captions depend on the image and the text."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() > 1 and any(k in name for k in ("qformer", "projection", "embeddings", "query_tokens")):
-                param.copy_(torch.randn(param.shape, generator=g) * std)
-    return model
+    """Larger random Q-Former-side weights, so that features, similarities and captions
+    depend on the image and the text."""
+    return helpers.sharpen(model, seed, std, only=("qformer", "projection", "embeddings", "query_tokens"))
 
 
 def images(n: int = 4, size: int = 32) -> torch.Tensor:

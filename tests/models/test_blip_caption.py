@@ -2,12 +2,11 @@
 generation, checkpoints, LAVIS checkpoint conversion and HF export."""
 from __future__ import annotations
 
-import tests.helpers  # noqa: F401  (HF_HUB_OFFLINE before transformers is imported)
+from tests.helpers import sharpen, tiny_model, tiny_cfg  # (sets HF_HUB_OFFLINE before transformers is imported)
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 import vlft.models  # noqa: F401  (registers the models)
 from vlft.datasets.synthetic_shapes import make_scene
@@ -20,26 +19,8 @@ CAPTIONS = ["a picture of a red circle to the left of a blue square",
             "a picture of a green triangle to the left of a red square"]
 
 
-def tiny_cfg(**overrides):
-    cfg = OmegaConf.load(BlipCaption.default_config_path("tiny")).model
-    cfg.merge_with(overrides)
-    return cfg
-
-
 def tiny(seed: int = 0, **overrides) -> BlipCaption:
-    torch.manual_seed(seed)
-    return BlipCaption.from_config(tiny_cfg(**overrides)).eval()
-
-
-def sharpen(model: BlipCaption, seed: int = 1) -> BlipCaption:
-    """Random weights large enough that captions depend on the image (a freshly
-    initialised BLIP writes the same caption for every image)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
+    return tiny_model(BlipCaption, seed, **overrides)
 
 
 def images(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -220,7 +201,7 @@ def test_a_lavis_checkpoint_loads_through_from_config(tmp_path):
     assert not any(k.startswith(("vision_model.", "blip.")) or ".self_attn." in k for k in state)
 
     torch.manual_seed(1)
-    loaded = BlipCaption.from_config(tiny_cfg(load_pretrained=True, pretrained=str(path))).eval()
+    loaded = BlipCaption.from_config(tiny_cfg(BlipCaption, load_pretrained=True, pretrained=str(path))).eval()
     theirs = source.state_dict()
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, theirs[key], rtol=0, atol=0, msg=key)
@@ -239,7 +220,7 @@ def test_a_lavis_checkpoint_with_keys_blip_lacks_fails_naming_them(tmp_path):
     state["visual_encoder.blocks.0.attn.relative_position_bias_table"] = torch.zeros(3)
     atomic_save({"model": state}, tmp_path / "x.pth")
     with pytest.raises(KeyError, match="relative_position_bias_table"):
-        BlipCaption.from_config(tiny_cfg(load_pretrained=True, pretrained=str(tmp_path / "x.pth")))
+        BlipCaption.from_config(tiny_cfg(BlipCaption, load_pretrained=True, pretrained=str(tmp_path / "x.pth")))
 
 
 def test_pos_embed_of_a_smaller_image_size_is_interpolated_keeping_cls(tmp_path):
@@ -251,7 +232,7 @@ def test_pos_embed_of_a_smaller_image_size_is_interpolated_keeping_cls(tmp_path)
     path = tmp_path / "small.pth"
     write_lavis_checkpoint(small, path)
 
-    big = BlipCaption.from_config(tiny_cfg(load_pretrained=True, pretrained=str(path))).eval()  # 32 px: 4x4 grid
+    big = BlipCaption.from_config(tiny_cfg(BlipCaption, load_pretrained=True, pretrained=str(path))).eval()  # 32 px: 4x4 grid
     pos = big.state_dict()[key]
     assert pos.shape == (1, 17, 64)
     torch.testing.assert_close(pos[:, 0], small.state_dict()[key][:, 0], rtol=0, atol=0)  # [CLS] unchanged

@@ -3,7 +3,7 @@ averaged or merged), the loss and ``predict``, and LAVIS checkpoints (an NLVR on
 name, a pre-training one filling both twins)."""
 from __future__ import annotations
 
-import tests.helpers  # noqa: F401  (HF_HUB_OFFLINE before transformers is imported)
+from tests.helpers import sharpen, tiny_model  # (sets HF_HUB_OFFLINE before transformers is imported)
 
 import pytest
 import torch
@@ -19,28 +19,8 @@ from vlft.runners.checkpoint import atomic_save
 SENTENCES = ["the left image has a red circle", "both images show squares", "there is a green triangle"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(seed: int = 0, **overrides) -> BlipNLVR:
-    torch.manual_seed(seed)
-    cfg = OmegaConf.load(BlipNLVR.default_config_path("tiny")).model
-    cfg.merge_with(overrides)
-    return BlipNLVR.from_config(cfg).eval()
-
-
-def sharpen(model, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
+    return tiny_model(BlipNLVR, seed, **overrides)
 
 
 def pair_batch(n: int = 3) -> dict:

@@ -3,12 +3,11 @@ encoder (LAVIS's ``tie_encoder_decoder_weights``), the three losses against hand
 LAVIS checkpoints with tied names, and the DeiT / BERT starting points."""
 from __future__ import annotations
 
-import tests.helpers  # noqa: F401  (HF_HUB_OFFLINE before transformers is imported)
+from tests.helpers import sharpen, tiny_model  # (sets HF_HUB_OFFLINE before transformers is imported)
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 import vlft.models  # noqa: F401  (registers the models)
 from vlft.models.blip import blip_base
@@ -18,28 +17,8 @@ from vlft.models.convert.lavis_blip import init_text_from_bert, load_lavis_blip,
 CAPTIONS = ["a red circle", "a blue square left of a green triangle", "a green circle", "a red square"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(seed: int = 0, **overrides) -> BlipPretrain:
-    torch.manual_seed(seed)
-    cfg = OmegaConf.load(BlipPretrain.default_config_path("tiny")).model
-    cfg.merge_with(overrides)
-    return BlipPretrain.from_config(cfg).eval()
-
-
-def sharpen(model, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
+    return tiny_model(BlipPretrain, seed, **overrides)
 
 
 def samples(n: int = 4) -> dict:

@@ -4,12 +4,11 @@ image-id positives) and ITM (hard negatives) against hand computations, the mome
 queue updates, the retrieval task's interface, matching and features, and LAVIS checkpoints."""
 from __future__ import annotations
 
-import tests.helpers  # noqa: F401  (HF_HUB_OFFLINE before transformers is imported)
+from tests.helpers import sharpen, tiny_model  # (sets HF_HUB_OFFLINE before transformers is imported)
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 import vlft.models  # noqa: F401  (registers the models)
 from vlft.models.blip.blip_momentum import global_image_ids, sample_negatives
@@ -21,29 +20,8 @@ from vlft.runners.checkpoint import atomic_save, model_state
 CAPTIONS = ["a red circle", "a blue square left of a green triangle", "a green circle", "a red square"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny(cls=BlipRetrieval, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
-    cfg.merge_with(overrides)
-    return cls.from_config(cfg).eval()
-
-
-def sharpen(model, seed: int = 1):
-    """Weights large enough that scores depend on the inputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
+def tiny(cls=BlipRetrieval, seed: int = 0, **overrides) -> BlipRetrieval:
+    return tiny_model(cls, seed, **overrides)
 
 
 def images(n: int = 4, seed: int = 0, size: int = 32) -> torch.Tensor:

@@ -2,7 +2,7 @@
 loss, generation and two-stage ranking, checkpoints (vlft and LAVIS-named), HF export and LoRA."""
 from __future__ import annotations
 
-import tests.helpers  # noqa: F401  (HF_HUB_OFFLINE before transformers is imported)
+from tests.helpers import sharpen, tiny_model, tiny_cfg  # (sets HF_HUB_OFFLINE before transformers is imported)
 
 import pytest
 import torch
@@ -23,34 +23,8 @@ ANSWERS = ["red", "green", "yes"]  # two answers for the first question, one for
 CANDIDATES = ["red", "green circle", "blue square", "yes", "no", "triangle"]  # distinct first words
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a shared machine they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_cfg(**overrides):
-    cfg = OmegaConf.load(BlipVqa.default_config_path("tiny")).model
-    cfg.merge_with(overrides)
-    return cfg
-
-
 def tiny(seed: int = 0, **overrides) -> BlipVqa:
-    torch.manual_seed(seed)
-    return BlipVqa.from_config(tiny_cfg(**overrides)).eval()
-
-
-def sharpen(model: BlipVqa, seed: int = 1) -> BlipVqa:
-    """Random weights large enough that answers depend on the image and question."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
+    return tiny_model(BlipVqa, seed, **overrides)
 
 
 def images(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -100,7 +74,7 @@ def test_questions_start_with_enc_when_the_tokenizer_has_it_else_cls():
     enc_tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     from transformers import BlipForQuestionAnswering
 
-    enc_model = BlipVqa(BlipForQuestionAnswering(build_blip_config(tiny_cfg(), enc_tok)), enc_tok).eval()
+    enc_model = BlipVqa(BlipForQuestionAnswering(build_blip_config(tiny_cfg(BlipVqa), enc_tok)), enc_tok).eval()
     enc_id = enc_tok.convert_tokens_to_ids("[ENC]")
     assert enc_model.enc_token_id == enc_id
     seen = {}
@@ -266,7 +240,7 @@ def test_a_lavis_checkpoint_loads_through_from_config_and_load_checkpoint(tmp_pa
         assert name in state, name
     assert not any(k.startswith("vision_model.") for k in state)
 
-    loaded = BlipVqa.from_config(tiny_cfg(load_pretrained=True, pretrained=str(path))).eval()
+    loaded = BlipVqa.from_config(tiny_cfg(BlipVqa, load_pretrained=True, pretrained=str(path))).eval()
     theirs = source.state_dict()
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, theirs[key], rtol=0, atol=0, msg=key)
@@ -292,14 +266,14 @@ def test_okvqa_and_aokvqa_types_load_as_lavis_configures_them(tmp_path):
     source = sharpen(tiny(seed=0))
     path = tmp_path / "blip_okvqa.pth"
     write_lavis_checkpoint(source, path)
-    loaded = BlipVqa.from_config(tiny_cfg(load_finetuned=True, finetuned=str(path), load_pretrained=True,
+    loaded = BlipVqa.from_config(tiny_cfg(BlipVqa, load_finetuned=True, finetuned=str(path), load_pretrained=True,
                                           pretrained=str(tmp_path / "absent.pth"))).eval()
     assert answers_of(loaded) == answers_of(source)
     # a vlft checkpoint (trainable weights only) goes on top of `pretrained`
     other = sharpen(tiny(seed=1), seed=5)
     decoder_only = {k: v for k, v in other.state_dict().items() if k.startswith("blip.text_decoder.")}
     vlft_path = atomic_save({"model": decoder_only}, tmp_path / "checkpoint_best.pth")
-    both = BlipVqa.from_config(tiny_cfg(load_pretrained=True, pretrained=str(path), load_finetuned=True,
+    both = BlipVqa.from_config(tiny_cfg(BlipVqa, load_pretrained=True, pretrained=str(path), load_finetuned=True,
                                         finetuned=str(vlft_path))).eval()
     state = both.state_dict()
     assert torch.equal(state["blip.vision_model.encoder.layers.0.self_attn.qkv.weight"],
@@ -353,10 +327,10 @@ def test_save_hf_reloads_as_blip_for_question_answering_with_the_same_answers(tm
 def test_a_hf_directory_loads_through_from_config_at_another_image_size(tmp_path):
     model = sharpen(tiny())
     out = model.save_hf(str(tmp_path / "hf"))
-    same = BlipVqa.from_config(tiny_cfg(load_pretrained=True, pretrained=str(out))).eval()
+    same = BlipVqa.from_config(tiny_cfg(BlipVqa, load_pretrained=True, pretrained=str(out))).eval()
     assert answers_of(same) == answers_of(model)
 
-    bigger = BlipVqa.from_config(tiny_cfg(load_pretrained=True, pretrained=str(out), image_size=48)).eval()
+    bigger = BlipVqa.from_config(tiny_cfg(BlipVqa, load_pretrained=True, pretrained=str(out), image_size=48)).eval()
     key = "blip.vision_model.embeddings.position_embedding"
     pos, old = bigger.state_dict()[key], model.state_dict()[key]
     assert pos.shape == (1, 1 + 6 * 6, 64) and bigger.blip.config.vision_config.image_size == 48

@@ -124,6 +124,21 @@ class MomentumDistillation:
             self.idx_queue[:, cols] = dist.gather_tensors(idx.view(-1)).view(1, -1)
         self.queue_ptr[0] = (ptr + n) % self.queue_size
 
+    def itc_step(self, samples: Mapping[str, Any], idx: Optional[torch.Tensor]):
+        """The start that BLIP's pre-training and retrieval steps share: LAVIS's in-place
+        temperature clamp, both unimodal encoders, then :meth:`itc_loss`. Returns
+        ``(image_embeds, image_feat, text, text_feat, (loss_itc, sim_i2t, sim_t2i))``."""
+        image = samples["image"]
+        alpha = self.alpha_now(samples)
+        with torch.no_grad():
+            self.temp.clamp_(0.001, 0.5)
+        image_embeds = self.encode_image(image)
+        image_feat = self.image_feat(image_embeds)
+        text = self.tokenize(samples["text_input"])
+        text_feat = self.text_feat(self.encode_text(text.input_ids, text.attention_mask))
+        itc = self.itc_loss(image, text, image_feat, text_feat, idx, alpha)
+        return image_embeds, image_feat, text, text_feat, itc
+
     def itc_loss(self, image: torch.Tensor, text, image_feat: torch.Tensor, text_feat: torch.Tensor,
                  idx: Optional[torch.Tensor], alpha: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """LAVIS's ITC: online features against the momentum features of the batch and the

@@ -112,15 +112,7 @@ class BlipPretrain(BlipEncoderBase):
             if samples.get("image_id") is None:
                 raise KeyError("blip_pretrain with use_image_ids needs samples['image_id']; the batch has none")
             idx = global_image_ids(samples["image_id"], image.device)
-        alpha = self.alpha_now(samples)
-        with torch.no_grad():
-            self.temp.clamp_(0.001, 0.5)
-
-        image_embeds = self.encode_image(image)
-        image_feat = self.image_feat(image_embeds)
-        text = self.tokenize(samples["text_input"])
-        text_feat = self.text_feat(self.encode_text(text.input_ids, text.attention_mask))
-        loss_itc, sim_i2t, sim_t2i = self.itc_loss(image, text, image_feat, text_feat, idx, alpha)
+        image_embeds, image_feat, text, text_feat, (loss_itc, sim_i2t, sim_t2i) = self.itc_step(samples, idx)
 
         bs = image.shape[0]
         enc_ids = self.with_enc(text.input_ids)

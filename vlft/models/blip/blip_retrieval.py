@@ -72,15 +72,7 @@ class BlipRetrieval(BlipEncoderBase):
             raise KeyError(f"{type(self).__name__} trains on samples['image_id'] (which captions show the same "
                            "image); the batch has none (keys: " + ", ".join(samples) + ")")
         idx = global_image_ids(samples["image_id"], image.device)
-        alpha = self.alpha_now(samples)
-        with torch.no_grad():
-            self.temp.clamp_(0.001, 0.5)
-
-        image_embeds = self.encode_image(image)
-        image_feat = self.image_feat(image_embeds)
-        text = self.tokenize(samples["text_input"])
-        text_feat = self.text_feat(self.encode_text(text.input_ids, text.attention_mask))
-        loss_itc, _, _ = self.itc_loss(image, text, image_feat, text_feat, idx, alpha)
+        image_embeds, image_feat, text, text_feat, (loss_itc, _, _) = self.itc_step(samples, idx)
 
         enc_ids = self.with_enc(text.input_ids)
         world = None
