@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlft.models import load_model_and_preprocess
-from vlft.models.generation_cache import BeamSharedCrossAttentionCache
+from vlft.models.generation_cache import BeamSharedCrossAttentionCache, beam_search_cache
 
 CASES = [  # (model, module that passes the cache to generate, call)
     ("blip_caption", "vlft.models.blip.blip_caption",
@@ -58,3 +58,23 @@ def test_a_reorder_across_samples_falls_back_to_copying():
     cache.self_attention_cache.update(keys.clone(), keys.clone(), 0)
     cache.reorder_cache(torch.tensor([1, 0, 3, 2]))
     assert cache.copied_steps == 1 and cache.shared_steps == 0
+
+
+def test_caption_keys_are_projected_once_per_image_and_ids_equal_transformers_generate():
+    torch.manual_seed(0)
+    model, _, _ = load_model_and_preprocess("blip_caption", "tiny", is_eval=True)
+    _perturb(model)
+    image = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    rows = []
+    key = model.blip.text_decoder.bert.encoder.layer[0].crossattention.self.key
+    handle = key.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    decoding = dict(num_beams=4, max_length=12, min_length=2, num_return_sequences=2, do_sample=False)
+    prompt = model.tokenizer([model.prompt] * 3, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = model.generate_ids(image, prompt, {**decoding, **beam_search_cache(4)})
+        assert rows == [3]  # one projection of the 3 images, none per beam or per step
+        rows.clear()
+        reference = model.blip.generate(pixel_values=image, input_ids=prompt.clone(), **decoding)
+        assert rows == [12]  # transformers: one per beam row
+    handle.remove()
+    assert torch.equal(ours, reference) and len({tuple(r) for r in ours.tolist()}) > 1

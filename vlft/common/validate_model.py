@@ -30,6 +30,8 @@ GENERIC_MODEL_KEYS = frozenset({
     "freeze", "unfreeze", "peft", "attn_implementation", "compile",
 })
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+#: keys with a fixed set of values (``loss_logits``: vlft.models.lm_loss.LOSS_LOGITS)
+CHOICES = {"attn_implementation": ATTN_IMPLEMENTATIONS, "loss_logits": ("labelled", "all")}
 _CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
@@ -94,10 +96,11 @@ def validate_model(cfg: DictConfig, model_cls: type, layers: Optional[Layers] = 
         if key not in valid:
             raise ConfigError(f"unknown key model.{key} for model {arch}{did_you_mean(key, valid)}"
                               f"{layers.note(f'model.{key}')}. Valid keys: {', '.join(sorted(valid))}")
-    impl = model.get("attn_implementation")
-    if impl is not None and impl not in ATTN_IMPLEMENTATIONS:
-        raise ConfigError(f"model.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {impl!r}"
-                          f"{did_you_mean(str(impl), ATTN_IMPLEMENTATIONS)}{layers.note('model.attn_implementation')}")
+    for key, choices in CHOICES.items():
+        value = model.get(key)
+        if value is not None and value not in choices:
+            raise ConfigError(f"model.{key} must be one of {', '.join(choices)}, got {value!r}"
+                              f"{did_you_mean(str(value), choices)}{layers.note(f'model.{key}')}")
     sub_configs = _declared(model_cls, "HF_SUB_CONFIGS")
     for key, spec in sub_configs.items():
         section = plain(model.get(key))

@@ -110,6 +110,7 @@ def hold_own_precision(module: nn.Module) -> None:
     otherwise mix fp16 and bf16 tensors in one op, which autocast refuses. A partial of a
     module-level function, so that deepcopy and pickle carry it to the copy."""
     module.forward = functools.partial(_forward_own_precision, module)
+    module._vlft_own_precision = True  # for code that calls its submodules directly (vlft.models.lm_loss)
 
 
 def apply_post_layernorm_eps(vision_model: nn.Module) -> None:

@@ -23,6 +23,13 @@ across each group's rows; and every ``beam_idx`` is checked to stay within its g
 at every step when it lives on the CPU (a few integer ops) and at the first step on an
 accelerator (a check there is a host sync, which transformers 5's decoding loop avoids).
 If a check fails, the cache falls back to reordering both parts for the rest of the call.
+
+The same fact removes a larger cost: at the first step every beam's row projects the
+encoder states to each layer's cross-attention keys and values, ``num_beams`` identical
+projections of the image tokens (at BLIP-base shapes, 577 tokens x 12 layers: 16 GFLOP
+per row, more than the whole decoding of a caption). :func:`prefill_cross_attention`
+projects each sample's row once, repeats the result for its beams and stores it as
+already computed, so the decoder reads it from the cache from the first step on.
 """
 from __future__ import annotations
 
@@ -104,3 +111,26 @@ def beam_search_cache(num_beams: int, config: Any = None) -> Dict[str, Any]:
     if num_beams <= 1:
         return {}
     return {"cache": BeamSharedCrossAttentionCache(num_beams, config=config)}
+
+
+def prefill_cross_attention(cache: BeamSharedCrossAttentionCache, layers, encoder_states: torch.Tensor) -> int:
+    """Store every cross-attending layer's keys and values of ``encoder_states`` (one row
+    per sample, ``[batch, tokens, width]``) in ``cache``, each row repeated for the
+    sample's ``cache.num_beams`` beams, and mark them computed. ``layers``: the decoder's
+    BERT layers (BLIP's ``text_decoder.bert.encoder.layer``); their
+    ``crossattention.self`` projects with its ``key`` / ``value`` and
+    ``attention_head_size``, exactly as transformers' ``BlipTextSelfAttention`` does at
+    its first step. Returns how many layers were filled."""
+    filled = 0
+    batch, tokens = encoder_states.shape[:2]
+    for layer in layers:
+        attn = getattr(getattr(layer, "crossattention", None), "self", None)
+        if attn is None:
+            continue
+        shape = (batch, tokens, -1, attn.attention_head_size)
+        keys = attn.key(encoder_states).view(shape).transpose(1, 2).repeat_interleave(cache.num_beams, 0)
+        values = attn.value(encoder_states).view(shape).transpose(1, 2).repeat_interleave(cache.num_beams, 0)
+        cache.cross_attention_cache.update(keys, values, attn.layer_idx)
+        cache.is_updated[attn.layer_idx] = True
+        filled += 1
+    return filled

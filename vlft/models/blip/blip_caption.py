@@ -24,7 +24,7 @@ from torch import nn
 
 from vlft.common.registry import registry
 from vlft.models.base_model import BaseModel
-from vlft.models.generation_cache import beam_search_cache
+from vlft.models.generation_cache import BeamSharedCrossAttentionCache, beam_search_cache, prefill_cross_attention
 
 logger = logging.getLogger(__name__)
 _TORCH_CKPT = (".pth", ".pt", ".bin", ".safetensors")
@@ -183,10 +183,29 @@ class BlipCaption(BaseModel):
             decoding.update(num_beams=max(num_beams, num_captions), do_sample=False)
             # beam search without re-copying the image's cross-attention keys/values every step
             decoding.update(beam_search_cache(decoding["num_beams"]))
-        out = self.blip.generate(pixel_values=image, input_ids=prompt_ids, **decoding)
+        out = self.generate_ids(image, prompt_ids, decoding)
         captions = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         stripped = prompt.strip()
         return [c[len(stripped):].strip() if stripped and c.startswith(stripped) else c.strip() for c in captions]
+
+    def generate_ids(self, image: torch.Tensor, prompt_ids: torch.Tensor, decoding: Dict[str, Any]) -> torch.Tensor:
+        """Token ids as ``BlipForConditionalGeneration.generate(pixel_values, input_ids)``
+        gives them (its steps: the ViT, [DEC] in place of [CLS], the prompt without its
+        [SEP], [SEP] as the end, the text decoder's ``generate``), except that with vlft's
+        beam cache the image's cross-attention keys and values are computed once per image,
+        not once per beam (``prefill_cross_attention``); the ids are the same (tested)."""
+        text = self.blip.config.text_config
+        image_embeds = self.blip.vision_model(pixel_values=image)[0]
+        cache = decoding.get("cache")
+        if isinstance(cache, BeamSharedCrossAttentionCache):
+            prefill_cross_attention(cache, self.blip.text_decoder.bert.encoder.layer, image_embeds)
+        input_ids = prompt_ids.clone()
+        input_ids[:, 0] = text.bos_token_id
+        return self.blip.text_decoder.generate(
+            input_ids=input_ids[:, :-1], eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image.device),
+            **decoding)
 
     @torch.no_grad()
     def extract_features(self, samples: Mapping[str, Any], mode: str = "image") -> Dict[str, torch.Tensor]:

@@ -59,6 +59,7 @@ from torch import nn
 from vlft.models.blip2.blip2_base import (Blip2Base, build_qformer_config, decode_texts, hf_source, init_parts,
                                           init_query_tokens, load_pretrained_blip2, prepare_vit)
 from vlft.models.generation_cache import beam_search_cache
+from vlft.models.lm_loss import causal_lm_loss, check_loss_logits
 
 logger = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -78,7 +79,9 @@ def load_lm_tokenizer(name: str):
 class Blip2LM(Blip2Base):
     #: the ``model:`` key naming the language model (``opt_model`` / ``t5_model``)
     llm_key = ""
-    CONFIG_KEYS = ("bos_target", "max_output_txt_len", "embed_dim")  # beyond the default YAMLs
+    CONFIG_KEYS = ("bos_target", "max_output_txt_len", "embed_dim", "loss_logits")  # beyond the default YAMLs
+    #: OPT's loss projects only the labelled positions onto the vocabulary (vlft.models.lm_loss)
+    loss_logits = "labelled"
 
     def __init__(self, blip2: nn.Module, tokenizer, prompt: str = "", max_txt_len: int = 32,
                  max_output_txt_len: Optional[int] = None, bos_target: bool = True):
@@ -115,6 +118,7 @@ class Blip2LM(Blip2Base):
                 blip2.language_model = cls.load_language_model(llm, remote, cfg)
         model = cls(blip2, tokenizer, prompt=cfg.get("prompt", ""), max_txt_len=cfg.get("max_txt_len", 32),
                     max_output_txt_len=cfg.get("max_output_txt_len"), bos_target=bool(cfg.get("bos_target", True)))
+        model.loss_logits = check_loss_logits(cfg.get("loss_logits"))
         if not source:
             init_parts(model, cfg)
         load_pretrained_blip2(model, cfg)
@@ -219,8 +223,10 @@ class Blip2LM(Blip2Base):
     # ------------------------------------------------------------------ training
     def forward(self, samples: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
         sources, targets = self.sources_targets(samples)
-        out = self.blip2.language_model(**self.lm_inputs(self.query_embeds(samples["image"]), sources, targets))
-        return {"loss": out.loss}
+        inputs = self.lm_inputs(self.query_embeds(samples["image"]), sources, targets)
+        if self.decoder_only:
+            return {"loss": causal_lm_loss(self.blip2.language_model, **inputs, loss_logits=self.loss_logits)}
+        return {"loss": self.blip2.language_model(**inputs).loss}
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -26,7 +26,10 @@ held in ``vit_precision`` / ``llm_precision``. ``get_lora`` (``lora_r``, ``lora_
 LoRA keys keep the reference's names; ``model.peft`` on the whole model works too.
 ``llm_grad_checkpoint`` turns on the LLM's gradient checkpointing. Batches are padded to
 their longest conversation (``padding: max_length`` pads to ``max_txt_len`` as the
-reference does; same loss, more compute: ``benchmarks/instruction_train.py``).
+reference does; same loss, more compute: ``benchmarks/instruction_train.py``). The loss
+projects only the labelled positions onto the vocabulary (``loss_logits: labelled``, the
+default; ``all`` runs the LLM's own ``forward(labels=...)``; same loss within fp32
+rounding, see ``vlft.models.lm_loss``).
 
 Samples: ``conversation`` (a list of messages per sample), ``image`` (every image of the
 batch, ``[N, 3, H, W]``, sample after sample, or ``None``) and ``n_images``; or the
@@ -46,6 +49,7 @@ from torch import nn
 from vlft.common.registry import registry
 from vlft.common.validate_common import ConfigError
 from vlft.models.base_model import BaseModel
+from vlft.models.lm_loss import causal_lm_loss, check_loss_logits
 from vlft.models.minigpt4qwen.generation import GenerationMixin
 from vlft.processors.chat import IMAGE_MARK, ChatEncoder, pad_batch
 
@@ -61,7 +65,7 @@ MODEL_KEYS = {
     "vit_pretrained", "vision_config", "qformer_config", "cross_attention_freq", "llm_config", "llm_tokenizer",
     "llm_precision", "trust_remote_code", "image_token", "pad_token", "system_message", "label_style", "chat_template",
     "lora_target_modules", "llm_grad_checkpoint", "caption_prompt", "vqa_prompt", "padding",
-    "export_merge_lora", "unfreeze_pos_embed", "qformer_text_input",
+    "export_merge_lora", "unfreeze_pos_embed", "qformer_text_input", "loss_logits",
     "freeze", "unfreeze", "peft",  # the generic fine-tuning keys (vlft.models.adapters)
 }
 
@@ -87,6 +91,8 @@ class MiniGPT4Qwen(GenerationMixin, BaseModel):
         "tiny": "configs/models/minigpt4qwen/tiny.yaml",
     }
     CONFIG_KEYS = tuple(sorted(MODEL_KEYS))  # checked before anything loads (vlft.common.validate_model)
+    #: the loss projects only the labelled positions onto the vocabulary (vlft.models.lm_loss)
+    loss_logits = "labelled"
     HF_SUB_CONFIGS = {"vision_config": "Blip2VisionConfig", "qformer_config": "Blip2QFormerConfig",
                       "llm_config": "auto:qwen2"}
     POSITION_LIMITS = {"max_txt_len": "llm_config"}
@@ -142,6 +148,7 @@ class MiniGPT4Qwen(GenerationMixin, BaseModel):
                     caption_prompt=cfg.get("caption_prompt", f"<Img>{IMAGE_MARK}</Img> Describe this image in a few words."),
                     vqa_prompt=cfg.get("vqa_prompt", f"<Img>{IMAGE_MARK}</Img> {{}}"),
                     padding=str(cfg.get("padding", "longest")))
+        model.loss_logits = check_loss_logits(cfg.get("loss_logits"))
         model.config_section = _plain(cfg)
         model.load_weights(cfg, "pretrained")
         if cfg.get("get_lora", False):  # before `finetuned`, which may hold the reference's LoRA weights
@@ -314,9 +321,9 @@ class MiniGPT4Qwen(GenerationMixin, BaseModel):
                                        < torch.tensor([len(e.input_ids) for e in encoded])[:, None]).long()
         batch = {k: v.to(self.device) for k, v in batch.items()}
         embeds = self.embed(batch["input_ids"], samples.get("image"))
-        out = self.llm_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+        loss = causal_lm_loss(self.llm_model, embeds, batch["attention_mask"], batch["labels"], self.loss_logits)
         n_tokens = (batch["labels"][:, 1:] != -100).sum()
-        return {"loss": out.loss, "n_label_tokens": n_tokens}
+        return {"loss": loss, "n_label_tokens": n_tokens}
 
     # ------------------------------------------------------------------ weights
     def load_checkpoint(self, path):
