@@ -34,7 +34,9 @@ Python cost of one ``generate`` call; at 64 px the per-call compute is still sma
 (the regime where batching pays most, as for any small captioner on CPU) but not
 negligible. ``--hidden-size`` / ``--num-layers`` widen or deepen both towers (the
 intermediate size is 2x the width, as in ``tiny``) to see how the ratio falls as
-compute grows.
+compute grows. ``--base-shapes`` gives both towers BLIP-base's shapes instead (ViT-B/16
+and a BERT-base decoder: width 768, 12 layers, 12 heads, MLP 3072, patch 16; 577 image
+tokens at ``--image-size 384``).
 
 ``--init-std`` (default 0.05): after HF's initialisation, every weight matrix (2+ dims)
 is redrawn from N(0, std) with its own seeded generator. With HF's default init
@@ -120,6 +122,9 @@ DEFAULTS = CaptionTask.RUN_OPTIONS  # the task's decoding defaults
 
 
 # ---------------------------------------------------------------------------- set-up
+BLIP_BASE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+
+
 def build_model(a: argparse.Namespace):
     """A random ``blip_caption`` from the ``--model-type`` YAML with the overrides above."""
     model_cls = registry.get_model_class("blip_caption")
@@ -136,6 +141,8 @@ def build_model(a: argparse.Namespace):
             sub.intermediate_size = 2 * a.hidden_size
         if a.num_layers:
             sub.num_hidden_layers = a.num_layers
+        if a.base_shapes:
+            sub.update(BLIP_BASE, **({"patch_size": 16} if tower == "vision_config" else {}))
         if tower == "vision_config":
             sub.image_size = a.image_size
         cfg[tower] = sub
@@ -256,6 +263,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-type", default="tiny", help="blip_caption model type whose YAML is the base config")
     p.add_argument("--image-size", type=int, default=64, help="model input size (the tiny YAML says 32)")
     p.add_argument("--hidden-size", type=int, default=None, help="width of both towers (default: the YAML's)")
+    p.add_argument("--base-shapes", action="store_true", help="BLIP-base's shapes for both towers (patch 16)")
     p.add_argument("--num-layers", type=int, default=None, help="layers of both towers (default: the YAML's)")
     p.add_argument("--tokenizer", default="shapes", help="tokenizer (shapes: the demo's word-level one)")
     p.add_argument("--init-std", type=float, default=0.05,
