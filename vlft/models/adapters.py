@@ -196,7 +196,7 @@ def set_attention(model: nn.Module, implementation) -> None:
 
 
 def base_model(model: nn.Module) -> nn.Module:
-    """The vlft model under a peft wrapper (or the model itself)."""
+    """The model under a peft wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 

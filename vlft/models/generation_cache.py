@@ -113,15 +113,14 @@ def beam_search_cache(num_beams: int, config: Any = None) -> Dict[str, Any]:
     return {"cache": BeamSharedCrossAttentionCache(num_beams, config=config)}
 
 
-def prefill_cross_attention(cache: BeamSharedCrossAttentionCache, layers, encoder_states: torch.Tensor) -> int:
+def prefill_cross_attention(cache: BeamSharedCrossAttentionCache, layers, encoder_states: torch.Tensor) -> None:
     """Store every cross-attending layer's keys and values of ``encoder_states`` (one row
     per sample, ``[batch, tokens, width]``) in ``cache``, each row repeated for the
     sample's ``cache.num_beams`` beams, and mark them computed. ``layers``: the decoder's
     BERT layers (BLIP's ``text_decoder.bert.encoder.layer``); their
     ``crossattention.self`` projects with its ``key`` / ``value`` and
     ``attention_head_size``, exactly as transformers' ``BlipTextSelfAttention`` does at
-    its first step. Returns how many layers were filled."""
-    filled = 0
+    its first step."""
     batch, tokens = encoder_states.shape[:2]
     for layer in layers:
         attn = getattr(getattr(layer, "crossattention", None), "self", None)
@@ -132,5 +131,3 @@ def prefill_cross_attention(cache: BeamSharedCrossAttentionCache, layers, encode
         values = attn.value(encoder_states).view(shape).transpose(1, 2).repeat_interleave(cache.num_beams, 0)
         cache.cross_attention_cache.update(keys, values, attn.layer_idx)
         cache.is_updated[attn.layer_idx] = True
-        filled += 1
-    return filled

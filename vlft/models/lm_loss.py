@@ -40,16 +40,13 @@ def check_loss_logits(value: Optional[str]) -> str:
     return value
 
 
-def unwrap(llm):
-    """The transformers model under a peft wrapper (its LoRA layers stay in place)."""
-    return llm.get_base_model() if hasattr(llm, "peft_config") and hasattr(llm, "get_base_model") else llm
-
-
 def causal_lm_loss(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                    loss_logits: str = "labelled") -> torch.Tensor:
     """The mean next-token cross-entropy of ``llm`` over the positions where ``labels``
     (aligned with the inputs, -100 where not a target) is set."""
-    model = unwrap(llm)
+    from vlft.models.adapters import base_model  # (at module level the import would be circular)
+
+    model = base_model(llm)  # under a peft wrapper: the transformers model, its LoRA layers in place
     if loss_logits == "all" or getattr(model.config, "model_type", None) not in LABELLED_LOSS_TYPES:
         return llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels).loss
     # a frozen half-precision LLM runs outside autocast (vlft.models.eva_vit.hold_own_precision
